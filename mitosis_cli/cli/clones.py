@@ -1,0 +1,14 @@
+"""`mitosis clones`: not built yet."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("clones", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def clones() -> None:
+        """Not available yet in this version."""
+        from mitosis_cli.errors import InputError
+
+        raise InputError("`mitosis clones` is not available yet in this version")

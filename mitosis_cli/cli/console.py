@@ -1,0 +1,58 @@
+"""Where output goes: messages and progress to stderr, machine-readable JSON to stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def progress_bar(quiet: bool = False) -> Progress:
+    """A rich progress bar on stderr, silent when `quiet` or when stderr is not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=quiet or not stderr.is_terminal,
+        transient=False,
+    )
+
+
+def say(message: str, quiet: bool = False) -> None:
+    """A human message on stderr, unless quiet."""
+    if not quiet:
+        stderr.print(message)
+
+
+def emit_json(payload: dict[str, Any]) -> None:
+    """Print one JSON object on stdout (for `--json`)."""
+    sys.stdout.write(json.dumps(payload, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def default_threads() -> int:
+    """CPU threads for torch: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (default `default_threads()`); return the number used."""
+    import torch
+
+    n = threads or default_threads()
+    torch.set_num_threads(n)
+    return n

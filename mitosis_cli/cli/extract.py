@@ -1,0 +1,54 @@
+"""`mitosis extract`: write a model's last hidden layer on whole splits to an HDF5 activation file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mitosis_cli.cli import options
+from mitosis_cli.cli.console import emit_json, say, set_threads
+from mitosis_cli.cli.train import DataDir
+
+
+def extract(
+    source: Annotated[Path, typer.Argument(help="Run directory (its last checkpoint) or a checkpoint file.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HDF5 file to write (default: SOURCE/acts.h5).")] = None,
+    epoch: Annotated[Optional[int], typer.Option("--epoch", help="Use the weights saved at this epoch (train --save-epochs).")] = None,
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="train and/or test (repeat the option; default both).")] = None,
+    untrained: Annotated[bool, typer.Option("--untrained", help="Control: same architecture at its seeded random initialisation.")] = False,
+    noise_inputs: Annotated[bool, typer.Option("--noise-inputs", help="Control: standard Gaussian noise as inputs (labels kept).")] = False,
+    data_dir: DataDir = None,
+    device: options.Device = "auto",
+    threads: options.Threads = None,
+    quiet: options.Quiet = False,
+    json_out: options.Json = False,
+) -> None:
+    """Extract the last hidden layer, logits and labels (eval mode, no augmentation) with the head weights.
+
+    Example: mitosis extract runs/w512-s1 -o acts-w512-s1.h5
+    """
+    from mitosis_cli.errors import InputError
+    from mitosis_cli.io.activations import SPLITS
+    from mitosis_cli.training.extract import extract_activations, load_trained_model
+    from mitosis_cli.training.loop import pick_device
+
+    set_threads(threads)
+    splits = tuple(dict.fromkeys(split or SPLITS))
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise InputError(f"--split {bad[0]!r}: choose from {', '.join(SPLITS)}")
+    dev = pick_device(device)
+    target = out or (source / "acts.h5" if source.is_dir() else source.with_suffix(".h5"))
+    trained = load_trained_model(source, epoch, untrained=untrained, device=dev)
+    path = extract_activations(trained, target, splits, data_dir=data_dir, noise_inputs=noise_inputs,
+                               untrained=untrained, device=dev)
+    say(f"{trained.config.model_spec.label} epoch {trained.epoch}: {', '.join(splits)} -> {path}", quiet)
+    if json_out:
+        emit_json({"acts": str(path), "splits": list(splits), "width": trained.config.width, "epoch": trained.epoch,
+                   "arch": trained.config.model_spec.label, "checkpoint": str(trained.checkpoint)})
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract)

@@ -1,0 +1,101 @@
+"""`mitosis train`: train a network of a chosen last-layer width, to zero training error if asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mitosis_cli.cli import options
+from mitosis_cli.cli.console import emit_json, progress_bar, say, set_threads
+
+DataDir = Annotated[
+    Optional[Path],
+    typer.Option("--data-dir", help="Folder in torchvision's layout for real data sets (default: $MITOSIS_DATA_DIR)."),
+]
+
+
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path("runs/run"),
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="mnist5k (built-in), synthetic[:opts], mnist, fashion-mnist, kmnist, cifar10, cifar100.")] = "mnist5k",
+    data_dir: DataDir = None,
+    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing real data set.")] = False,
+    train_size: Annotated[Optional[int], typer.Option("--train-size", help="Use only the first N training samples.")] = None,
+    arch: Annotated[str, typer.Option("--arch", "-a", help="mlp, wrn (Wide-ResNet) or densenet (DenseNet-BC).")] = "mlp",
+    width: Annotated[int, typer.Option("--width", "-w", help="Width W of the last hidden layer (wrn: W = 64k; densenet-40: W = 11g).")] = 256,
+    depth: Annotated[Optional[int], typer.Option("--depth", help="Hidden layers (mlp, default 2) or network depth (wrn 28, densenet 40).")] = None,
+    ending: Annotated[Optional[str], typer.Option("--ending", help="Last hidden layer ends with relu or batchnorm (no ReLU); default relu for mlp, batchnorm for wrn/densenet.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs of the schedule (default 100; CIFAR 200).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Mini-batch size (default 128).")] = None,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (with momentum) or adam.")] = "sgd",
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.05; CIFAR 0.1).")] = None,
+    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay (default 5e-3; CIFAR 5e-4).")] = None,
+    schedule: Annotated[str, typer.Option("--schedule", help="cosine (to --lr-min) or constant.")] = "cosine",
+    lr_min: Annotated[Optional[float], typer.Option("--lr-min", help="Floor of the cosine schedule (default 0; CIFAR 1e-5).")] = None,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy.")] = 0.0,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crop (4 px reflect) + flip; default on for CIFAR.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, shuffling and augmentation.")] = 0,
+    until_zero_error: Annotated[bool, typer.Option("--until-zero-error", help="After the schedule, keep training at its final lr until the training error (eval mode) is 0, up to --max-epochs.")] = False,
+    max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", help="Cap for --until-zero-error (default 2 x epochs).")] = None,
+    save_epochs: Annotated[Optional[str], typer.Option("--save-epochs", help="Also keep the weights at these epochs, e.g. 0,10,50 (0 = initialisation).")] = None,
+    acts: Annotated[Optional[Path], typer.Option("--acts", help="Extract activations to this HDF5 file at the end.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
+    force: options.Force = False,
+    device: options.Device = "auto",
+    threads: options.Threads = None,
+    quiet: options.Quiet = False,
+    json_out: options.Json = False,
+) -> None:
+    """Train a network and write RUN_DIR/{config.json, checkpoint.pt, history.parquet}.
+
+    Example: mitosis train --width 512 --seed 1 -o runs/w512-s1 --acts runs/w512-s1/acts.h5
+    """
+    from mitosis_cli.errors import InputError
+    from mitosis_cli.training.config import TrainConfig
+    from mitosis_cli.training.extract import extract_activations, load_trained_model
+    from mitosis_cli.training.loop import StopFlag, pick_device, train_run
+
+    set_threads(threads)
+    try:
+        epochs_to_save = [int(e) for e in save_epochs.split(",") if e.strip()] if save_epochs else []
+    except ValueError:
+        raise InputError(f"--save-epochs {save_epochs!r}: expected comma-separated epoch numbers, e.g. 0,10,50") from None
+    cfg = TrainConfig(
+        dataset=dataset, train_size=train_size, arch=arch, width=width, depth=depth, ending=ending, epochs=epochs,
+        batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        schedule=schedule, lr_min=lr_min, label_smoothing=label_smoothing, augment=augment, seed=seed,
+        until_zero_error=until_zero_error, max_epochs=max_epochs, save_epochs=epochs_to_save,
+    ).resolved()
+    dev = pick_device(device)
+    spec = cfg.model_spec
+    say(f"training {spec.label} on {cfg.dataset} (seed {cfg.seed}, {cfg.epochs} epochs, {dev}) -> {out}", quiet)
+    with progress_bar(quiet) as bar:
+        task = bar.add_task("train", total=cfg.epochs, status="")
+
+        def on_epoch(epoch: int, planned: int, row: dict[str, float]) -> None:
+            bar.update(task, completed=min(epoch, planned), total=max(planned, epoch),
+                       status=f"train err {row['train_error']:.4f}  test err {row['test_error']:.4f}")
+
+        result = train_run(cfg, out, data_dir=data_dir, download=download, device=dev, resume=resume, force=force,
+                           on_epoch=on_epoch, stop=StopFlag())
+    final = result.final
+    if result.skipped:
+        say(f"{out}: already trained with these options ({result.epochs} epochs); skipped (--force to retrain)", quiet)
+    zero = f"zero training error at epoch {result.zero_error_epoch}" if result.zero_error_epoch else "training error never reached 0"
+    say(f"done: {result.epochs} epochs, train error {final.get('train_error', float('nan')):.4f}, "
+        f"test error {final.get('test_error', float('nan')):.4f}; {zero}", quiet)
+    acts_path = None
+    if acts is not None:
+        trained = load_trained_model(out, device=dev)
+        acts_path = extract_activations(trained, acts, data_dir=data_dir, device=dev)
+        say(f"activations -> {acts_path}", quiet)
+    if json_out:
+        emit_json({"run_dir": str(out), "epochs": result.epochs, "skipped": result.skipped,
+                   "zero_error_epoch": result.zero_error_epoch, "final": final, "device": result.device,
+                   "acts": str(acts_path) if acts_path else None, "config": cfg.to_dict()})
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

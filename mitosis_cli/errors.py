@@ -1,0 +1,24 @@
+"""Exceptions that the command line turns into one clear line and an exit code."""
+
+
+class InputError(Exception):
+    """Bad usage or bad input: the CLI prints the message on one line and exits with code 2.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong, naming the file or option.
+    hint : str, optional
+        What the user can do about it (printed after the message).
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class Preempted(Exception):
+    """Training stopped by SIGTERM/SIGINT after saving a checkpoint; exit code `PREEMPTED_EXIT_CODE`."""
+
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a job array can requeue on this code

@@ -1,0 +1,1 @@
+"""File formats: the HDF5 activation file, the Parquet tables, checkpoints; atomic writes."""

@@ -1,0 +1,56 @@
+"""Checkpoints: tensors, numbers and strings only, loaded with `weights_only=True` so a file never runs code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mitosis_cli.errors import InputError
+from mitosis_cli.io.atomic import atomic_path
+
+FORMAT = "mitosis-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED = ("format", "format_version", "config", "epoch", "model")
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write `payload` (plus format tags) atomically with `torch.save`."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate a mitosis checkpoint; anything else (or a file that tries to run code) is refused.
+
+    Raises
+    ------
+    InputError
+        Missing file, not a checkpoint, an unsafe pickle, or a checkpoint of another format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "unsupported global" in str(err).lower():  # a pickled class or function, not data
+            raise InputError(f"{path}: refused: the checkpoint holds objects other than tensors and plain values "
+                             f"(it could run code when loaded)") from err
+        raise InputError(f"{path}: not a readable checkpoint (not a torch file, or corrupt)") from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise InputError(f"{path}: not a readable checkpoint (truncated or corrupt: {str(err).splitlines()[0][:100]})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(f"{path}: not a mitosis checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path}: checkpoint format_version {payload.get('format_version')!r} is not supported")
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise InputError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return payload

@@ -1,0 +1,79 @@
+"""Parquet tables (long/tidy, one row per measured value) with provenance in the schema metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mitosis_cli import __version__
+from mitosis_cli.errors import InputError
+from mitosis_cli.io.atomic import atomic_path
+
+SCHEMA_VERSION = 1
+_META_KEY = b"mitosis"
+
+
+def file_sha256(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance(kind: str, inputs: Sequence[str | os.PathLike[str]], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata every table carries: kind, schema and tool version, command line, inputs with hashes."""
+    return {
+        "kind": kind,
+        "schema_version": SCHEMA_VERSION,
+        "mitosis_version": __version__,
+        "command": shlex.join(["mitosis", *sys.argv[1:]]),
+        "inputs": [{"path": str(p), "sha256": file_sha256(p)} for p in inputs],
+        "options": options or {},
+    }
+
+
+def write_table(path: str | os.PathLike[str], table: pa.Table, meta: dict[str, Any]) -> Path:
+    """Write `table` to Parquet atomically, with `meta` (see `provenance`) as JSON in the schema metadata."""
+    path = Path(path)
+    merged = dict(table.schema.metadata or {})
+    merged[_META_KEY] = json.dumps(meta, sort_keys=True).encode()
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(merged), tmp)
+    return path
+
+
+def read_table(path: str | os.PathLike[str], kind: str | None = None, columns: Sequence[str] = ()) -> tuple[pa.Table, dict[str, Any]]:
+    """Read a mitosis Parquet table and its metadata, checking its kind and required columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0][:120]})") from err
+    raw = (table.schema.metadata or {}).get(_META_KEY)
+    if raw is None:
+        raise InputError(f"{path}: not a mitosis table (no 'mitosis' schema metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: corrupt mitosis metadata") from None
+    if kind is not None and meta.get("kind") != kind:
+        raise InputError(f"{path}: is a {meta.get('kind')!r} table, expected {kind!r}")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(f"{path}: schema_version {meta.get('schema_version')!r} is not supported (this mitosis reads {SCHEMA_VERSION})")
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    return table, meta

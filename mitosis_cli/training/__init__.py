@@ -1,0 +1,1 @@
+"""Training: the loop, schedules, zero-training-error stopping, checkpoints and resume."""

@@ -1,0 +1,101 @@
+"""The training configuration: every hyper-parameter of a run, saved as `config.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mitosis_cli.errors import InputError
+from mitosis_cli.models.registry import DEFAULT_DEPTH, DEFAULT_ENDING, ModelSpec, check_spec
+
+# Paper defaults for CIFAR Wide-ResNets / DenseNets (Doimo et al. 2022).
+PAPER_CIFAR = {"lr": 0.1, "weight_decay": 5e-4, "epochs": 200, "batch_size": 128, "lr_min": 1e-5, "augment": True}
+# Built-in data: an MLP reaches zero training error in ~20 epochs, a few seconds per width on a laptop CPU.
+BUILTIN = {"lr": 0.05, "weight_decay": 5e-3, "epochs": 100, "batch_size": 128, "lr_min": 0.0, "augment": False}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (same config and seed -> same weights on CPU)."""
+
+    dataset: str = "mnist5k"
+    train_size: int | None = None
+    arch: str = "mlp"
+    width: int = 256
+    depth: int | None = None  # None: the architecture's default (mlp 2, wrn 28, densenet 40)
+    ending: str | None = None  # None: relu for mlp, batchnorm for wrn/densenet (the paper's)
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str = "sgd"
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    schedule: str = "cosine"
+    lr_min: float | None = None
+    label_smoothing: float = 0.0
+    augment: bool | None = None
+    seed: int = 0
+    until_zero_error: bool = False
+    max_epochs: int | None = None
+    save_epochs: list[int] = field(default_factory=list)
+
+    def resolved(self) -> TrainConfig:
+        """Fill the `None` defaults from the architecture and data set (paper defaults for CIFAR)."""
+        base = PAPER_CIFAR if self.dataset.startswith("cifar") else BUILTIN
+        out = dataclasses.replace(self)
+        for key, value in base.items():
+            if getattr(out, key) is None:
+                setattr(out, key, value)
+        out.depth = out.depth if out.depth is not None else DEFAULT_DEPTH.get(out.arch, 2)
+        out.ending = out.ending or DEFAULT_ENDING.get(out.arch, "relu")
+        out.max_epochs = out.max_epochs if out.max_epochs is not None else 2 * out.epochs
+        out.save_epochs = sorted(set(out.save_epochs))
+        out.validate()
+        check_spec(out.model_spec)
+        return out
+
+    def validate(self) -> None:
+        """Raise `InputError` for values no run can use."""
+        checks = [
+            (self.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {self.optimizer!r}"),
+            (self.schedule in ("cosine", "constant"), f"--schedule must be cosine or constant, got {self.schedule!r}"),
+            (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size is None or self.batch_size >= 2, "--batch-size must be at least 2"),
+            (self.lr is None or self.lr > 0, "--lr must be positive"),
+            (self.weight_decay is None or self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (self.max_epochs is None or self.epochs is None or self.max_epochs >= self.epochs, "--max-epochs must be >= --epochs"),
+            (all(e >= 0 for e in self.save_epochs), "--save-epochs must be non-negative epoch numbers"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(self.arch, self.width, int(self.depth or DEFAULT_DEPTH[self.arch]), self.ending or DEFAULT_ENDING[self.arch])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise InputError(f"unknown training option(s) in config: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def read_config(path: Path) -> TrainConfig:
+    """Read a run's `config.json`."""
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise InputError(f"{path}: not a readable mitosis config ({err})") from err

@@ -1,0 +1,311 @@
+"""The training loop: data on the device, whole-batch augmentation, checkpoints that resume bit-exactly.
+
+One function, `train_run`, reads top to bottom: set up (or restore) the model, optimiser and random
+streams, then for each epoch shuffle, step through mini-batches, evaluate on the whole train and test
+sets in eval mode, append a history row and save a checkpoint. A checkpoint holds the random-stream
+states at the start of the epoch and the step inside it, so a run stopped anywhere (even mid-epoch,
+by SIGTERM) resumes to the same weights as an uninterrupted run on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mitosis_cli.data import Dataset, load_dataset
+from mitosis_cli.data.augment import random_crop_flip
+from mitosis_cli.errors import InputError, Preempted
+from mitosis_cli.io.checkpoints import load_checkpoint, save_checkpoint
+from mitosis_cli.io.tables import provenance, write_table
+from mitosis_cli.models import build_model
+from mitosis_cli.training.config import TrainConfig
+from mitosis_cli.training.schedule import learning_rate
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.parquet"
+CONFIG = "config.json"
+EVAL_BATCH = 1024
+_AUG_SEED_OFFSET = 0x5DEECE66D  # separate random stream for augmentation
+
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_error", "test_loss", "test_error", "seconds")
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` -> cuda if available else cpu; otherwise the named device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InputError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine", hint="use --device cpu")
+    return device
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (fast, no loss scaling needed); full precision on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[float, float]:
+    """Mean cross-entropy and error rate of `model` in eval mode on (x, y)."""
+    model.eval()
+    loss_sum, wrong = 0.0, 0
+    for start in range(0, len(y), EVAL_BATCH):
+        with autocast(device):
+            logits = model(x[start : start + EVAL_BATCH]).float()
+        target = y[start : start + EVAL_BATCH]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+        wrong += (logits.argmax(1) != target).sum().item()
+    return loss_sum / len(y), wrong / len(y)
+
+
+@dataclass
+class TrainResult:
+    """What a `train_run` did."""
+
+    run_dir: Path
+    epochs: int
+    zero_error_epoch: int | None
+    history: list[dict[str, float]]
+    skipped: bool = False
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT while training, so the loop can save a checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        def handler(signum: int, _frame: Any) -> None:
+            self.signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _write_history(run_dir: Path, cfg: TrainConfig, history: list[dict[str, float]], zero_error_epoch: int | None) -> None:
+    columns = {c: [row[c] for row in history] for c in HISTORY_COLUMNS}
+    table = pa.table({c: pa.array(v, pa.int64() if c == "epoch" else pa.float64()) for c, v in columns.items()})
+    meta = provenance("history", [], {"config": cfg.to_dict(), "zero_error_epoch": zero_error_epoch})
+    write_table(run_dir / HISTORY, table, meta)
+
+
+def _checkpoint_payload(cfg: TrainConfig, model: nn.Module, data: Dataset, **state: Any) -> dict[str, Any]:
+    return {
+        "config": cfg.to_json(),
+        "model": model.state_dict(),
+        "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape),
+        **state,
+    }
+
+
+def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool) -> dict[str, Any] | None:
+    """Decide what to do with an existing run directory; return the checkpoint to continue from, if any.
+
+    A finished run with the same config is reused (`TrainResult.skipped`); an unfinished one needs
+    `--resume`; a different config needs `--force` or another directory.
+    """
+    ckpt_path = run_dir / CHECKPOINT
+    if force:
+        for name in (CHECKPOINT, HISTORY, CONFIG):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        return None
+    if not ckpt_path.exists():
+        return None
+    ckpt = load_checkpoint(ckpt_path)
+    saved = TrainConfig.from_dict(json.loads(ckpt["config"]))
+    if saved != cfg:
+        diff = [k for k, v in cfg.to_dict().items() if saved.to_dict().get(k) != v]
+        raise InputError(f"{run_dir} holds a run with different options ({', '.join(diff)})",
+                         hint="use another --out directory, or --force to start over")
+    if not ckpt.get("finished") and not resume:
+        raise InputError(f"{run_dir} holds an unfinished run (epoch {ckpt['epoch']})",
+                         hint="add --resume to continue it, or --force to start over")
+    return ckpt
+
+
+def train_run(
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    data_dir: Path | None = None,
+    download: bool = False,
+    device: torch.device | None = None,
+    resume: bool = False,
+    force: bool = False,
+    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    stop: StopFlag | None = None,
+) -> TrainResult:
+    """Train `cfg` into `run_dir` (config.json, checkpoint.pt, checkpoints/epoch-NNNN.pt, history.parquet).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        Resolved configuration (see `TrainConfig.resolved`).
+    run_dir : Path
+        Output directory.
+    resume : bool
+        Continue from `run_dir/checkpoint.pt` if it exists.
+    force : bool
+        Discard what `run_dir` holds and start over.
+    on_epoch : callable, optional
+        Called as ``on_epoch(epoch, planned_epochs, history_row)`` after each epoch.
+    stop : StopFlag, optional
+        When its signal is set, the loop saves a checkpoint and raises `Preempted`.
+    """
+    device = device or torch.device("cpu")
+    ckpt = check_run_dir(run_dir, cfg, resume, force)
+    if ckpt is not None and ckpt.get("finished"):
+        history = json.loads(ckpt["history"])
+        return TrainResult(run_dir, ckpt["epoch"], _zero_epoch(ckpt), history, skipped=True, device=str(device))
+    data = load_dataset(cfg.dataset, data_dir, download, cfg.train_size).to(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG).write_text(cfg.to_json() + "\n")
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model_spec, data.input_shape, data.num_classes).to(device)
+    channels_last = device.type == "cuda" and len(data.input_shape) == 3
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(model, cfg)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + _AUG_SEED_OFFSET)
+    augment = bool(cfg.augment) and data.augmentable
+
+    n_train = len(data.train_y)
+    batch = min(int(cfg.batch_size), n_train)
+    # A final batch of one sample breaks BatchNorm in train mode; drop it (it is reshuffled next epoch).
+    steps_per_epoch = n_train // batch + (1 if n_train % batch > 1 else 0)
+    total_steps = steps_per_epoch * int(cfg.epochs)
+
+    epoch, step_in_epoch, seconds_in_epoch = 0, 0, 0.0
+    history: list[dict[str, float]] = []
+    zero_epoch: int | None = None
+    order_state = order_gen.get_state()
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        epoch, step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+        seconds_in_epoch = float(ckpt.get("seconds_in_epoch", 0.0))
+        order_state = ckpt["order_rng"]
+        aug_gen.set_state(ckpt["aug_rng"])
+        history = json.loads(ckpt["history"])
+        zero_epoch = _zero_epoch(ckpt)
+    elif 0 in cfg.save_epochs:
+        _save_snapshot(run_dir, 0, cfg, model, data)
+
+    def keep_going() -> bool:
+        if epoch < int(cfg.epochs):
+            return True
+        unfit = not history or history[-1]["train_error"] > 0
+        return cfg.until_zero_error and unfit and epoch < int(cfg.max_epochs)
+
+    def save(finished: bool = False) -> None:
+        save_checkpoint(
+            run_dir / CHECKPOINT,
+            _checkpoint_payload(
+                cfg, model, data,
+                epoch=epoch, step_in_epoch=step_in_epoch, seconds_in_epoch=seconds_in_epoch,
+                optimizer=optimizer.state_dict(), order_rng=order_state, aug_rng=aug_gen.get_state(),
+                history=json.dumps(history), zero_error_epoch=-1 if zero_epoch is None else zero_epoch,
+                finished=finished,
+            ),
+        )
+
+    with stop.installed() if stop else contextlib.nullcontext():
+        while keep_going():
+            started = time.perf_counter()
+            order_gen.set_state(order_state)
+            perm = torch.randperm(n_train, generator=order_gen).to(device)
+            model.train()
+            for step in range(step_in_epoch, steps_per_epoch):
+                lr = learning_rate(epoch * steps_per_epoch + step, total_steps, cfg.lr, cfg.lr_min, cfg.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                idx = perm[step * batch : (step + 1) * batch]
+                x, y = data.train_x[idx], data.train_y[idx]
+                if augment:
+                    x = random_crop_flip(x, aug_gen)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device):
+                    loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if stop is not None and stop.signal is not None:
+                    step_in_epoch = step + 1
+                    seconds_in_epoch += time.perf_counter() - started
+                    save()
+                    name = signal.Signals(stop.signal).name
+                    raise Preempted(f"stopped by {name} at epoch {epoch + 1}, step {step_in_epoch}: checkpoint saved in "
+                                    f"{run_dir}; rerun the same command with --resume to continue")
+            train_loss, train_error = evaluate(model, data.train_x, data.train_y, device)
+            test_loss, test_error = evaluate(model, data.test_x, data.test_y, device)
+            epoch += 1
+            step_in_epoch = 0
+            order_state = order_gen.get_state()
+            lr = learning_rate(epoch * steps_per_epoch - 1, total_steps, cfg.lr, cfg.lr_min, cfg.schedule)
+            row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_error": train_error,
+                   "test_loss": test_loss, "test_error": test_error,
+                   "seconds": seconds_in_epoch + time.perf_counter() - started}
+            seconds_in_epoch = 0.0
+            history.append(row)
+            if zero_epoch is None and train_error == 0:
+                zero_epoch = epoch
+            if epoch in cfg.save_epochs:
+                _save_snapshot(run_dir, epoch, cfg, model, data)
+            _write_history(run_dir, cfg, history, zero_epoch)
+            save()
+            if on_epoch is not None:
+                on_epoch(epoch, int(cfg.epochs), row)
+    save(finished=True)
+    return TrainResult(run_dir, epoch, zero_epoch, history, device=str(device))
+
+
+def _zero_epoch(ckpt: dict[str, Any]) -> int | None:
+    value = int(ckpt.get("zero_error_epoch", -1))
+    return None if value < 0 else value
+
+
+def _save_snapshot(run_dir: Path, epoch: int, cfg: TrainConfig, model: nn.Module, data: Dataset) -> None:
+    """Weights at `epoch` for training-dynamics analysis: checkpoints/epoch-NNNN.pt."""
+    save_checkpoint(run_dir / "checkpoints" / f"epoch-{epoch:04d}.pt",
+                    _checkpoint_payload(cfg, model, data, epoch=epoch, finished=True))
