@@ -1,0 +1,62 @@
+"""Shared test set-up: one quiet torch thread, and a factory for small activation files."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads cost 10-60x here
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mitosis_cli.io.activations import ActivationMeta, write_activations
+
+torch.set_num_threads(1)
+
+
+def planted_clones(n: int, width: int, clone_size: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Features made of W / clone_size noisy copies of one `clone_size`-dimensional signal.
+
+    Returns (features (n, width), signal (n, clone_size)); neuron j copies signal[:, j % clone_size].
+    """
+    signal = rng.standard_normal((n, clone_size))
+    features = signal[:, np.arange(width) % clone_size] + noise * rng.standard_normal((n, width))
+    return features.astype(np.float32), signal
+
+
+ActsFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def acts_factory(tmp_path: Path) -> ActsFactory:
+    """Write an activation file with planted clones and a head that reads the signal.
+
+    Call as ``acts_factory(name="a.h5", n=400, width=64, clone_size=8, noise=0.05, classes=4, seed=0,
+    splits=("train", "test"))``; labels are the argmax of a random linear readout of the signal, and the
+    head is that readout spread evenly over each signal coordinate's copies.
+    """
+
+    def make(name: str = "acts.h5", n: int = 400, width: int = 64, clone_size: int = 8, noise: float = 0.05,
+             classes: int = 4, seed: int = 0, splits: tuple[str, ...] = ("train", "test"), arch: str = "planted") -> Path:
+        noise_rng = np.random.default_rng(seed)  # the seed changes only the noise: same samples and labels
+        readout = np.random.default_rng(1000).standard_normal((classes, clone_size))
+        copy_of = np.arange(width) % clone_size
+        copies = np.bincount(copy_of, minlength=clone_size)
+        weight = (readout[:, copy_of] / copies[copy_of]).astype(np.float32)
+        bias = np.zeros(classes, np.float32)
+        streams = {}
+        for i, split in enumerate(splits):
+            signal = np.random.default_rng(2000 + i).standard_normal((n, clone_size))
+            feats = (signal[:, copy_of] + noise * noise_rng.standard_normal((n, width))).astype(np.float32)
+            labels = np.argmax(signal @ readout.T, axis=1).astype(np.int64)
+            logits = (feats @ weight.T + bias).astype(np.float32)
+            streams[split] = (n, iter([(feats, logits, labels)]))
+        meta = ActivationMeta(width=width, num_classes=classes, dataset="planted", arch=arch, seed=seed, epoch=0,
+                              layer="planted", config={"clone_size": clone_size, "noise": noise})
+        return write_activations(tmp_path / name, meta, weight, bias, streams)
+
+    return make
