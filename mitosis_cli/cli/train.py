@@ -37,7 +37,7 @@ def train(
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy.")] = 0.0,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crop (4 px reflect) + flip; default on for CIFAR.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, shuffling and augmentation.")] = 0,
-    until_zero_error: Annotated[bool, typer.Option("--until-zero-error", help="After the schedule, keep training at its final lr until the training error (eval mode) is 0, up to --max-epochs.")] = False,
+    until_zero_error: Annotated[bool, typer.Option("--until-zero-error", help="After the schedule, keep training (constant lr: 10% of --lr, or --lr-min if higher) until the training error (eval mode) is 0, up to --max-epochs.")] = False,
     max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", help="Cap for --until-zero-error (default 2 x epochs).")] = None,
     save_epochs: Annotated[Optional[str], typer.Option("--save-epochs", help="Also keep the weights at these epochs, e.g. 0,10,50 (0 = initialisation).")] = None,
     acts: Annotated[Optional[Path], typer.Option("--acts", help="Extract activations to this HDF5 file at the end.")] = None,

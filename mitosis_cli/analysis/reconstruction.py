@@ -1,0 +1,343 @@
+"""Reconstruction of the whole layer from a chunk, and the noise left over, from second moments only.
+
+Doimo et al. (2022) fit, for every chunk S, a ridge regression (alpha 1e-8, with intercept) from the
+chunk's neurons X[:, S] to all W neurons and report the variance-weighted coefficient of determination
+
+    R^2 = 1 - sum_j sum_n (x_nj - xhat_nj)^2 / sum_j sum_n (x_nj - mean_j)^2,
+
+and the mean absolute off-diagonal correlation of the residuals X - Xhat ("noise independence").
+
+Everything here follows from the centred scatter matrix S = sum_n (x_n - mu)(x_n - mu)^T (one pass over
+the data, float64) instead of refitting on the N x W data for every chunk. With the intercept the ridge
+works on centred data (as scikit-learn's Ridge does), so its coefficients are
+
+    B = (S_SS + alpha I)^{-1} S_SW,   intercept = mu_W - B^T mu_S,
+
+and with the Cholesky factor L L^T = S_SS + alpha I and Z = L^{-1} S_SW the residual scatter is
+
+    R^T R = S_WW - Z^T Z - alpha B^T B                           (exact),
+
+so the in-sample residual sum of squares is tr(S) - ||Z||_F^2 - alpha ||B||_F^2. The residual covariance
+used for the correlations is the Schur complement S_cc - Z_c^T Z_c over the neurons c outside the chunk
+(it leaves out the O(alpha) term alpha B_c^T B_c). Neurons inside the chunk are excluded from the
+correlations: they reconstruct themselves, and their residuals are O(alpha) numbers with no meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+RIDGE_ALPHA = 1e-8  # the paper's ridge penalty
+_DEGENERATE = 1e-10  # residual variance below this fraction of a neuron's variance: perfectly reconstructed
+
+
+@dataclass(frozen=True)
+class Moments:
+    """First and second moments of the rows of an (N, D) matrix, float64.
+
+    Attributes
+    ----------
+    n : int
+        Number of rows N.
+    mean : torch.Tensor, shape (D,)
+        Column means mu.
+    scatter : torch.Tensor, shape (D, D)
+        Centred scatter sum_n (x_n - mu)(x_n - mu)^T (N times the biased covariance).
+    """
+
+    n: int
+    mean: torch.Tensor
+    scatter: torch.Tensor
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def leading(self, dim: int) -> "Moments":
+        """The moments of the first `dim` columns (views, no copy)."""
+        return Moments(self.n, self.mean[:dim], self.scatter[:dim, :dim])
+
+    @classmethod
+    def of(cls, rows: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> "Moments":
+        """The moments of an in-memory matrix (convenience for small data and tests)."""
+        acc = MomentAccumulator(int(rows.shape[1]), device)
+        acc.update(rows)
+        return acc.result()
+
+
+class MomentAccumulator:
+    """Streamed, numerically stable moments: blocks merged with Chan, Golub and LeVeque's pairwise update.
+
+    Each block is centred on its own mean before its scatter is formed (one float64 GEMM), then merged:
+    S = S_a + S_b + (n_a n_b / n) (mu_b - mu_a)(mu_b - mu_a)^T.
+    """
+
+    def __init__(self, dim: int, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.n = 0
+        self.mean = torch.zeros(dim, dtype=torch.float64, device=self.device)
+        self.scatter = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)
+
+    def update(self, block: np.ndarray | torch.Tensor) -> None:
+        """Add the rows of a (n, D) block."""
+        x = torch.as_tensor(block).to(self.device, torch.float64)
+        n_b = int(x.shape[0])
+        if n_b == 0:
+            return
+        mean_b = x.mean(dim=0)
+        x -= mean_b
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.scatter.addmm_(x.T, x)
+        self.scatter.addr_(delta, delta, alpha=self.n * n_b / n)
+        self.mean += delta * (n_b / n)
+        self.n = n
+
+    def result(self) -> Moments:
+        if self.n == 0:
+            raise ValueError("no rows were added")
+        return Moments(self.n, self.mean, self.scatter)
+
+
+@dataclass(frozen=True)
+class RidgeFactor:
+    """A chunk's ridge fit from moments: whitened cross-scatter Z = L^{-1} S_SW and coefficients B."""
+
+    z: torch.Tensor  # (s, W)
+    coef: torch.Tensor  # (s, W): B
+    intercept: torch.Tensor  # (W,): mu_W - B^T mu_S
+
+
+def ridge_from_moments(moments: Moments, chunk: np.ndarray | torch.Tensor, alpha: float = RIDGE_ALPHA) -> RidgeFactor:
+    """Ridge regression with intercept from the chunk's neurons to all D columns of `moments`.
+
+    Solves (S_SS + alpha I) B = S_SW, identical to scikit-learn's ``Ridge(alpha, fit_intercept=True)``
+    (which penalises the centred Gram matrix). Falls back from Cholesky to an eigendecomposition when
+    S_SS + alpha I is not numerically positive definite (collinear neurons at a large scale).
+    """
+    idx = torch.as_tensor(chunk, device=moments.scatter.device)
+    cross = moments.scatter.index_select(0, idx)  # S_SW, (s, D)
+    gram = cross.index_select(1, idx)
+    gram.diagonal().add_(alpha)
+    factor, info = torch.linalg.cholesky_ex(gram)
+    if int(info) == 0:
+        z = torch.linalg.solve_triangular(factor, cross, upper=False)
+        coef = torch.linalg.solve_triangular(factor.T, z, upper=True)
+    else:  # A = Q diag(lam) Q^T; Z = diag(lam)^-1/2 Q^T S_SW keeps Z^T Z = S_WS A^-1 S_SW
+        lam, q = torch.linalg.eigh(gram)
+        lam = lam.clamp_min(torch.finfo(lam.dtype).tiny)
+        qt_cross = q.T @ cross
+        z = qt_cross / lam.sqrt()[:, None]
+        coef = q @ (qt_cross / lam[:, None])
+    intercept = moments.mean - coef.T @ moments.mean.index_select(0, idx)
+    return RidgeFactor(z, coef, intercept)
+
+
+def _residual_correlations(moments: Moments, chunk: torch.Tensor, z: torch.Tensor) -> tuple[float, float]:
+    """Mean |off-diagonal correlation| and RMS off-diagonal correlation of the residuals outside the chunk."""
+    width = moments.dim
+    outside = torch.ones(width, dtype=torch.bool, device=z.device)
+    outside[chunk] = False
+    rest = outside.nonzero().squeeze(1)
+    z_rest = z.index_select(1, rest)
+    resid_cov = moments.scatter.index_select(0, rest).index_select(1, rest)
+    resid_cov.addmm_(z_rest.T, z_rest, alpha=-1.0)  # Schur complement S_cc - S_cS A^-1 S_Sc
+    var = resid_cov.diagonal()
+    keep = var > _DEGENERATE * moments.scatter.diagonal().index_select(0, rest)
+    if not bool(keep.all()):
+        kept = keep.nonzero().squeeze(1)
+        resid_cov = resid_cov.index_select(0, kept).index_select(1, kept)
+        var = resid_cov.diagonal()
+    m = int(var.shape[0])
+    if m < 2:
+        return float("nan"), float("nan")
+    inv_sd = var.rsqrt()
+    corr = resid_cov.mul_(inv_sd[:, None]).mul_(inv_sd[None, :])
+    diag = corr.diagonal()
+    pairs = m * (m - 1)
+    abs_sum = torch.linalg.vector_norm(corr, ord=1) - diag.abs().sum()
+    sq_sum = torch.linalg.vector_norm(corr).square() - diag.square().sum()
+    return float(abs_sum) / pairs, float(sq_sum.clamp_min(0.0).sqrt()) / np.sqrt(pairs)
+
+
+@dataclass(frozen=True)
+class ReconstructionScores:
+    """Per-chunk scores, one entry per row of the chunk array.
+
+    Attributes
+    ----------
+    r2 : ndarray (R,)
+        In-sample variance-weighted R^2 on the data of `moments` (the paper's measure on the test set).
+    residual_abs_corr : ndarray (R,)
+        Mean |off-diagonal correlation| of the residuals of the neurons outside the chunk; NaN when
+        fewer than two such neurons have non-zero residual variance.
+    residual_frob_corr : ndarray (R,)
+        ||C - I||_F / sqrt(m (m - 1)) for the same m x m residual correlation matrix C (the RMS
+        off-diagonal correlation).
+    r2_out_of_sample : ndarray (R,) or None
+        R^2 of the ridge fitted on `fit` (train) and scored on `moments` (test), when `fit` is given.
+    """
+
+    r2: np.ndarray
+    residual_abs_corr: np.ndarray
+    residual_frob_corr: np.ndarray
+    r2_out_of_sample: np.ndarray | None
+
+
+def _out_of_sample_rss(test: Moments, chunk: torch.Tensor, fitted: RidgeFactor, fit_mean: torch.Tensor) -> float:
+    """sum over test rows of ||x - B^T (x_S - mu_S) - mu||^2 with (B, mu) from the fit split.
+
+    With d = x - mu and D = sum_test d d^T = S_test + n_test delta delta^T (delta = mu_test - mu),
+    the sum is tr(D) - 2 tr(B^T D_SW) + tr(B^T D_SS B): test moments suffice.
+    """
+    coef = fitted.coef
+    delta = test.mean - fit_mean
+    delta_s = delta.index_select(0, chunk)
+    n = test.n
+    cross = test.scatter.index_select(0, chunk)  # S_test,SW
+    gram = cross.index_select(1, chunk)
+    coef_t_delta = coef.T @ delta_s  # B^T delta_S, (W,)
+    trace_d = torch.trace(test.scatter) + n * delta.dot(delta)
+    trace_bd = (coef * cross).sum() + n * coef_t_delta.dot(delta)
+    trace_bdb = (coef * (gram @ coef)).sum() + n * coef_t_delta.dot(coef_t_delta)
+    return float(trace_d - 2.0 * trace_bd + trace_bdb)
+
+
+def reconstruction_scores(
+    moments: Moments,
+    chunks: np.ndarray | Sequence[np.ndarray],
+    *,
+    fit: Moments | None = None,
+    alpha: float = RIDGE_ALPHA,
+    correlations: bool = True,
+) -> ReconstructionScores:
+    """R^2 of the ridge reconstruction of all neurons from each chunk, and the residuals' correlations.
+
+    Parameters
+    ----------
+    moments : Moments
+        Moments of the split scored in-sample (the paper: test), over the W neurons only.
+    chunks : array (R, s) or sequence of index arrays
+        Neuron indices of each chunk.
+    fit : Moments, optional
+        Moments of the split to fit on (train) for the out-of-sample R^2 on `moments`.
+    alpha : float
+        Ridge penalty on the centred Gram matrix (the paper: 1e-8).
+    correlations : bool
+        Compute the residual correlations (a (W - s)^2 step per chunk).
+
+    Returns
+    -------
+    ReconstructionScores
+        Identical chunks (as sets; every chunk of size W) are computed once.
+
+    Notes
+    -----
+    In-sample: R^2 = 1 - (tr S - ||Z||_F^2 - alpha ||B||_F^2) / tr S with Z = L^{-1} S_SW.
+    Out of sample: the test residual sum of squares of the train fit comes from the test moments
+    (see `_out_of_sample_rss`); the denominator is the test total sum of squares around the test mean,
+    as in ``sklearn.metrics.r2_score(..., multioutput="variance_weighted")``.
+    """
+    rows = [np.asarray(c, dtype=np.int64) for c in chunks]
+    keys = [tuple(np.sort(c).tolist()) for c in rows]
+    first_of: dict[tuple[int, ...], int] = {}
+    for i, key in enumerate(keys):
+        first_of.setdefault(key, i)
+    device = moments.scatter.device
+    total = float(torch.trace(moments.scatter))
+    r2 = np.full(len(rows), np.nan)
+    abs_corr = np.full(len(rows), np.nan)
+    frob_corr = np.full(len(rows), np.nan)
+    r2_oos = np.full(len(rows), np.nan) if fit is not None else None
+    for i, chunk in enumerate(rows):
+        j = first_of[keys[i]]
+        if j != i:  # the same set of neurons as an earlier chunk: same numbers
+            r2[i], abs_corr[i], frob_corr[i] = r2[j], abs_corr[j], frob_corr[j]
+            if r2_oos is not None:
+                r2_oos[i] = r2_oos[j]
+            continue
+        idx = torch.as_tensor(chunk, device=device)
+        ridge = ridge_from_moments(moments, idx, alpha)
+        rss = total - float(ridge.z.square().sum()) - alpha * float(ridge.coef.square().sum())
+        r2[i] = 1.0 - rss / total
+        if correlations:
+            abs_corr[i], frob_corr[i] = _residual_correlations(moments, idx, ridge.z)
+        del ridge
+        if fit is not None and r2_oos is not None:
+            fitted = ridge_from_moments(fit, idx, alpha)
+            r2_oos[i] = 1.0 - _out_of_sample_rss(moments, idx, fitted, fit.mean) / total
+    return ReconstructionScores(r2, abs_corr, frob_corr, r2_oos)
+
+
+class ResidualShape:
+    """Gaussianity and independence of a chunk's residuals beyond their correlations (streamed).
+
+    For a few chunks and a subsample of the neurons outside each (the targets), the in-sample ridge
+    residuals r = x_t - xhat_t are accumulated block by block, and three numbers are reported per chunk:
+
+    - ``abs_skew``: mean over targets of |skewness| m3 / m2^1.5;
+    - ``abs_excess_kurtosis``: mean over targets of |m4 / m2^2 - 3|;
+    - ``abs_sq_corr``: mean |off-diagonal correlation| of the squared residuals r_i^2, r_j^2.
+
+    For independent Gaussian noise all three are ~0, up to sampling error of about sqrt(6 / N),
+    sqrt(24 / N) and sqrt(2 / (pi N)) respectively. Heavy tails or a shared noise amplitude (noise
+    that is uncorrelated but not independent) raise them; a residual made of a missing signal rather
+    than noise usually shows up as non-zero skewness/kurtosis.
+    """
+
+    def __init__(self, moments: Moments, chunks: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                 alpha: float = RIDGE_ALPHA) -> None:
+        if len(chunks) != len(targets):
+            raise ValueError("one target array per chunk is needed")
+        device = moments.scatter.device
+        self._fits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._target_var: list[torch.Tensor] = []
+        for chunk, target in zip(chunks, targets):
+            idx = torch.as_tensor(np.asarray(chunk, np.int64), device=device)
+            tgt = torch.as_tensor(np.asarray(target, np.int64), device=device)
+            ridge = ridge_from_moments(moments, idx, alpha)
+            self._fits.append((idx, tgt, ridge.coef.index_select(1, tgt), ridge.intercept.index_select(0, tgt)))
+            self._target_var.append(moments.scatter.diagonal().index_select(0, tgt) / moments.n)
+        self._sums: list[tuple[torch.Tensor, ...] | None] = [None] * len(self._fits)
+        self._device = device
+        self.n = 0
+
+    def update(self, block: np.ndarray | torch.Tensor) -> None:
+        """Add a (n, W) block of the rows the moments were computed on."""
+        x = torch.as_tensor(block).to(self._device, torch.float64)
+        self.n += int(x.shape[0])
+        for i, (idx, tgt, coef, intercept) in enumerate(self._fits):
+            resid = x.index_select(1, tgt) - intercept - x.index_select(1, idx) @ coef
+            sq = resid.square()
+            sums = (resid.sum(0), sq.sum(0), (sq * resid).sum(0), sq.square().sum(0), sq.T @ sq)
+            prev = self._sums[i]
+            self._sums[i] = sums if prev is None else tuple(a + b for a, b in zip(prev, sums))
+
+    def result(self) -> dict[str, np.ndarray]:
+        """``{"abs_skew", "abs_excess_kurtosis", "abs_sq_corr"}``, arrays with one value per chunk (NaN n/a)."""
+        out = {name: np.full(len(self._fits), np.nan) for name in ("abs_skew", "abs_excess_kurtosis", "abs_sq_corr")}
+        for i, sums in enumerate(self._sums):
+            if sums is None or self.n < 4:
+                continue
+            s1, s2, s3, s4, s22 = (t / self.n for t in sums)
+            mu = s1
+            m2 = s2 - mu**2
+            m3 = s3 - 3 * mu * s2 + 2 * mu**3
+            m4 = s4 - 4 * mu * s3 + 6 * mu**2 * s2 - 3 * mu**4
+            keep = m2 > _DEGENERATE * self._target_var[i]  # perfectly reconstructed targets have no noise to test
+            if int(keep.sum()) == 0:
+                continue
+            out["abs_skew"][i] = float((m3[keep] / m2[keep] ** 1.5).abs().mean())
+            out["abs_excess_kurtosis"][i] = float((m4[keep] / m2[keep] ** 2 - 3.0).abs().mean())
+            kept = keep.nonzero().squeeze(1)
+            cov_sq = s22.index_select(0, kept).index_select(1, kept) - torch.outer(s2[kept], s2[kept])
+            var_sq = cov_sq.diagonal().clamp_min(torch.finfo(m2.dtype).tiny)
+            corr = cov_sq / torch.sqrt(torch.outer(var_sq, var_sq))
+            m = int(kept.shape[0])
+            if m >= 2:
+                out["abs_sq_corr"][i] = float((corr.abs().sum() - corr.diagonal().abs().sum()) / (m * (m - 1)))
+        return out

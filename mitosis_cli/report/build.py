@@ -1,0 +1,225 @@
+"""Assemble a report: decide which figures the tables support, render them, write the folder atomically.
+
+The output folder is built complete in a temporary folder beside the target and then swapped in, so
+a killed job leaves either the previous report or the new one, never a mix. A stamp file records the
+inputs (sha256) and options; a rerun with the same ones skips the work.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mitosis_cli import __version__
+from mitosis_cli.errors import InputError
+from mitosis_cli.report import figures as F
+from mitosis_cli.report.html import RenderedFigure, ReportDocument, render_html, render_markdown
+from mitosis_cli.report.inputs import FIGURES_OF_KIND, ReportInputs, load_inputs
+from mitosis_cli.report.summary import summary_tables
+
+import matplotlib.pyplot as plt  # noqa: E402 - `figures` imported `style`, which selected the Agg backend
+from matplotlib.figure import Figure  # noqa: E402
+
+STAMP = ".mitosis-report.json"
+PNG_DPI = 200  # 2x the on-screen size: sharp on high-density screens and in print
+
+SECTION_CLONES = "Clones per network"
+SECTION_WIDTH = "Mitosis across widths"
+SECTION_II = "Information Imbalance"
+SECTION_ENSEMBLE = "Ensembles"
+SECTION_TRAINING = "Training"
+
+
+@dataclass(frozen=True)
+class FigurePlan:
+    name: str
+    section: str
+    title: str
+    caption: str
+    make: Callable[[], Figure]
+
+
+@dataclass
+class ReportResult:
+    out: Path
+    skipped: bool
+    figures: list[dict[str, str]]
+    inputs: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        figures = [{**f, "png": str(self.out / f["png"]), "svg": str(self.out / f["svg"])} for f in self.figures]
+        return {"out": str(self.out), "index": str(self.out / "index.html"), "summary": str(self.out / "summary.md"),
+                "skipped": self.skipped, "figures": figures, "inputs": self.inputs, "notes": self.notes}
+
+
+def _slug(*parts: object) -> str:
+    text = "-".join(str(p) for p in parts).lower()
+    return "".join(ch if ch.isalnum() or ch in "._" else "-" for ch in text).strip("-")
+
+
+def plan_figures(inputs: ReportInputs) -> tuple[list[FigurePlan], list[str]]:
+    """The figures these tables support, and one note per kind of table that is missing."""
+    notes = [f"no {kind} table: skipped {FIGURES_OF_KIND[kind]}" for kind in inputs.missing_kinds()]
+    notes += [f"{path}: ignored (a {kind!r} table is not used by the report)" for path, kind in inputs.ignored]
+    plans: list[FigurePlan] = []
+    clones, summary, ensemble = inputs.clones, inputs.summary, inputs.ensemble
+    keys = F.network_keys(clones, summary)
+    for key in keys:
+        rows, net_summary = F.select_network(clones, key), F.select_network(summary, key)
+        has_chunks = any(f is not None and np.isfinite(f["chunk_size"]).any() for f in (rows, net_summary))
+        if has_chunks:
+            plans.append(FigurePlan(
+                _slug("clones", *key), SECTION_CLONES, F.network_label(key),
+                "(a) Chunk test error minus error∞ (the error of a large ensemble of full networks) against chunk size, "
+                "log-log, with the c·w_c^-1/2 decay of an ensemble of independent members; (b) training error of the "
+                "trained head restricted to the chunk; (c) R² of the ridge reconstruction of the whole layer from the chunk; "
+                "(d) correlation of the reconstruction residuals. Dashed: the clone size w_c*, grey band its interval. "
+                "Error bars: standard error over repeats.",
+                lambda key=key, rows=rows, net_summary=net_summary: F.network_panels(key, rows, net_summary, ensemble)))
+    if summary is not None and len(summary.where(metric="n_clones")):
+        plans.append(FigurePlan(
+            "clones-vs-width", SECTION_WIDTH, "Number of clones against width",
+            "Number of clones W/w_c* of each network (error bars: standard error over seeds) with the linear fit above "
+            "the critical width (dashed), below which the layer does not split.",
+            lambda: F.clones_vs_width(summary)))
+    ii_metrics = ("ii_chunk_to_full", "ii_full_to_chunk")
+    ii_keys = [k for k in keys if any(len(f.where(metric=m)) for f in (F.select_network(clones, k), F.select_network(summary, k))
+                                      if f is not None for m in ii_metrics)]
+    if ii_keys:
+        plans.append(FigurePlan(
+            "information-imbalance", SECTION_II, "Information Imbalance against chunk size",
+            "Δ(chunk → full layer) near 0 means the chunk predicts the whole layer's neighbourhoods; Δ(full layer → chunk) "
+            "near 0 that the layer predicts the chunk's. N: points, k: neighbour rank used. Dashed: clone size.",
+            lambda: F.information_imbalance(clones, summary, ii_keys)))  # type: ignore[arg-type]
+    if ensemble is not None and len(ensemble.where(split="test")):
+        plans.append(FigurePlan(
+            "ensemble-accuracy", SECTION_ENSEMBLE, "Ensembles and wide networks",
+            "Test accuracy of ensembles (logits summed) against the number of members and against their total width, "
+            "beside single wide networks; error bars: standard error over random draws of members.",
+            lambda: F.ensemble_accuracy(ensemble)))
+    if inputs.histories:
+        runs = [(run.network, run.seed, run.frame) for run in inputs.histories]
+        plans.append(FigurePlan(
+            "training-curves", SECTION_TRAINING, "Training curves",
+            "Cross-entropy loss (log scale) and error per epoch, on the training set (solid, eval mode) and the test set (dashed).",
+            lambda: F.training_curves(runs)))
+    for key in keys:
+        epochs = set(F.network_epochs(clones, key)) | set(F.network_epochs(summary, key))
+        if len(epochs) > 1:
+            plans.append(FigurePlan(
+                _slug("over-training", *key), SECTION_TRAINING, f"{F.network_label(key)}: chunks during training",
+                f"Chunk test error and R² of reconstruction at the {len(epochs)} analysed checkpoints, one line per chunk size.",
+                lambda key=key: F.metrics_over_training(key, clones, summary)))
+    return plans, notes
+
+
+def _render(plan: FigurePlan, folder: Path) -> RenderedFigure:
+    figure = plan.make()
+    try:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=PNG_DPI)
+        png = buffer.getvalue()
+        (folder / f"{plan.name}.png").write_bytes(png)
+        figure.savefig(folder / f"{plan.name}.svg", format="svg", metadata={"Date": None})
+    finally:
+        plt.close(figure)
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # the PNG IHDR chunk
+    return RenderedFigure(plan.name, plan.section, plan.title, plan.caption, png, width, height)
+
+
+def _stamp_key(inputs: ReportInputs, options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "mitosis_version": __version__,
+        "inputs": [{"path": str(f.path), "sha256": f.sha256} for f in inputs.files],
+        "ignored": [str(p) for p, _ in inputs.ignored],
+        "options": options,
+    }
+
+
+def _read_stamp(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_target(out: Path) -> None:
+    # The target is replaced as a whole, so it must be ours (or empty): never delete someone's folder.
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory", hint="choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / STAMP).is_file():
+        raise InputError(f"{out}: is not empty and is not a mitosis report folder; not overwriting it",
+                         hint="choose another --out, or remove the folder")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _swap_in(built: Path, out: Path) -> None:
+    """Replace `out` with the finished folder `built` (both in the same parent, so renames are atomic)."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(built, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(built, out)
+
+
+def build_report(paths: list[Path], out: Path, title: str = "Representation mitosis report", force: bool = False,
+                 on_figure: Callable[[str], None] | None = None) -> ReportResult:
+    """Read the tables, draw every figure they support and write `out`/{index.html, summary.md, figures/}.
+
+    `on_figure(name)` is called after each figure is written (for progress).
+    """
+    inputs = load_inputs(paths)
+    _check_target(out)
+    options = {"title": title}
+    key = _stamp_key(inputs, options)
+    input_list = [{"path": str(f.path), "kind": f.kind, "rows": f.rows, "sha256": f.sha256} for f in inputs.files]
+    previous = _read_stamp(out)
+    if not force and previous is not None and previous.get("key") == key:
+        listed = previous.get("figures", [])
+        files = [out / "index.html", out / "summary.md"] + [out / f[ext] for f in listed for ext in ("png", "svg")]
+        if all(p.is_file() for p in files):
+            return ReportResult(out, True, listed, input_list, previous.get("notes", []))
+
+    plans, notes = plan_figures(inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        figure_dir = building / "figures"
+        figure_dir.mkdir()
+        rendered = []
+        for plan in plans:
+            rendered.append(_render(plan, figure_dir))
+            if on_figure is not None:
+                on_figure(plan.name)
+        doc = ReportDocument(
+            title=title, version=__version__, figures=rendered, tables=summary_tables(inputs),
+            inputs=[(str(f.path), f.kind, f.sha256, f.rows) for f in inputs.files], notes=notes,
+        )
+        (building / "index.html").write_text(render_html(doc), encoding="utf-8")
+        (building / "summary.md").write_text(render_markdown(doc), encoding="utf-8")
+        listed = [{"name": f.name, "title": f.title, "section": f.section,
+                   "png": f"figures/{f.name}.png", "svg": f"figures/{f.name}.svg"} for f in rendered]
+        (building / STAMP).write_text(json.dumps({"key": key, "figures": listed, "notes": notes}, indent=1, sort_keys=True))
+        os.chmod(building, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it the mode mkdir would have
+        _swap_in(building, out)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return ReportResult(out, False, listed, input_list, notes)

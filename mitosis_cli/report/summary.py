@@ -1,0 +1,143 @@
+"""The headline numbers of a report, as small tables (rendered to both HTML and Markdown)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mitosis_cli.report.frame import Curve
+from mitosis_cli.report.figures import (
+    chunk_error_curve,
+    error_inf_for,
+    metric_curve,
+    network_epochs,
+    network_keys,
+    select_network,
+    source_estimate,
+)
+from mitosis_cli.report.inputs import ReportInputs
+
+
+@dataclass(frozen=True)
+class SummaryTable:
+    title: str
+    headers: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    note: str = ""
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or not np.isfinite(value):
+        return "–"
+    return f"{value:.{digits}g}"
+
+
+def _at(curve: Curve | None, size: float) -> float | None:
+    if curve is None:
+        return None
+    hit = np.flatnonzero(curve.x == size)
+    return float(curve.mean[hit[0]]) if len(hit) else None
+
+
+def network_table(inputs: ReportInputs) -> SummaryTable | None:
+    keys = network_keys(inputs.clones, inputs.summary)
+    if not keys:
+        return None
+    rows = []
+    for key in keys:
+        clones = select_network(inputs.clones, key)
+        summary = select_network(inputs.summary, key)
+        sources = set()
+        for frame in (clones, summary):
+            if frame is not None:
+                sources.update(frame.unique("source"))
+        clone = source_estimate(summary, "clone_size")
+        n_clones = source_estimate(summary, "n_clones")
+        clone_text = "–"
+        if clone is not None:
+            clone_text = _fmt(clone.value)
+            if np.isfinite(clone.lo) and np.isfinite(clone.hi):
+                clone_text += f" [{_fmt(clone.lo)}, {_fmt(clone.hi)}]"
+            if clone.rule:
+                clone_text += f" ({clone.rule})"
+        count = n_clones.value if n_clones is not None else (key[2] / clone.value if clone is not None and clone.value > 0 else None)
+        epochs = network_epochs(inputs.clones, key) or network_epochs(inputs.summary, key)
+        r2 = metric_curve(clones, summary, "reconstruction_r2", "test")
+        rows.append((
+            key[0], key[1], str(key[2]), str(len(sources)),
+            f"{_fmt(max(epochs), 6)}" if epochs else "–",
+            clone_text, _fmt(count),
+            _fmt(_at(chunk_error_curve(clones, summary, "test"), key[2]), 4),
+            _fmt(error_inf_for(summary, inputs.ensemble, key[2]), 4),
+            _fmt(_at(r2, clone.value) if clone is not None else None, 3),
+        ))
+    return SummaryTable(
+        "Clones per network",
+        ("arch", "dataset", "W", "sources", "epoch", "clone size w_c* [interval] (rule)", "clones", "test error (full layer)",
+         "error_∞", "R² at w_c*"),
+        rows,
+        "Clone size and number of clones from the clones summary; test error is the chunk of size W (the whole layer).",
+    )
+
+
+def critical_width_table(inputs: ReportInputs) -> SummaryTable | None:
+    if inputs.summary is None:
+        return None
+    cross = inputs.summary.where(source="all")
+    rows = []
+    for (arch, dataset), family in cross.groups(["arch", "dataset"]):
+        critical = family.where(metric="critical_width")
+        slope = family.where(metric="clones_per_width_slope")
+        if not len(critical) and not len(slope):
+            continue
+        interval = ""
+        if len(critical) and np.isfinite(critical["lo"][0]) and np.isfinite(critical["hi"][0]):
+            interval = f" [{_fmt(critical['lo'][0])}, {_fmt(critical['hi'][0])}]"
+        rows.append((str(arch or "all"), str(dataset or "all"),
+                     (_fmt(critical["mean"][0]) + interval) if len(critical) else "–",
+                     _fmt(slope["mean"][0] * 1000) if len(slope) else "–"))
+    if not rows:
+        return None
+    return SummaryTable("Mitosis across widths", ("arch", "dataset", "critical width (neurons)", "clones per 1000 neurons"), rows)
+
+
+def ensemble_table(inputs: ReportInputs) -> SummaryTable | None:
+    ensemble = inputs.ensemble
+    if ensemble is None:
+        return None
+    rows = []
+    for (kind, width), group in ensemble.where(split="test", metric="accuracy").groups(["kind", "width"]):
+        if kind not in ("ensemble", "wide", "chunk-average") or width is None:
+            continue
+        members = group["members"]
+        most = np.nanmax(members) if np.isfinite(members).any() else float("nan")
+        at_most = group.filter(members == most) if np.isfinite(most) else group
+        values = at_most["value"]
+        sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+        rows.append((str(kind), _fmt(width, 6), _fmt(most, 6), f"{_fmt(values.mean(), 4)} ± {_fmt(sem, 2)}"))
+    if not rows:
+        return None
+    return SummaryTable("Ensembles", ("kind", "W", "members", "test accuracy (± sem)"), rows,
+                        "At the largest number of members measured.")
+
+
+def training_table(inputs: ReportInputs) -> SummaryTable | None:
+    if not inputs.histories:
+        return None
+    rows = []
+    for run in sorted(inputs.histories, key=lambda r: (r.network, r.seed if r.seed is not None else -1, str(r.path))):
+        last = int(np.argmax(run.frame["epoch"]))
+        zero = np.flatnonzero(run.frame["train_error"] == 0)
+        first_zero = _fmt(float(np.min(run.frame["epoch"][zero])), 6) if len(zero) else "never"
+        arch, dataset, width = run.network
+        rows.append((str(run.path.parent.name or run.path.name), arch, dataset, str(width), str(run.seed if run.seed is not None else "–"),
+                     _fmt(run.frame["epoch"][last], 6), _fmt(run.frame["train_error"][last], 4),
+                     _fmt(run.frame["test_error"][last], 4), first_zero))
+    return SummaryTable("Training runs", ("run", "arch", "dataset", "W", "seed", "epochs", "train error", "test error",
+                                          "zero train error at epoch"), rows)
+
+
+def summary_tables(inputs: ReportInputs) -> list[SummaryTable]:
+    tables = [network_table(inputs), critical_width_table(inputs), ensemble_table(inputs), training_table(inputs)]
+    return [t for t in tables if t is not None]
