@@ -79,3 +79,15 @@ def draw_chunks(width: int, size: int, repeats: int, seed: int) -> np.ndarray:
     # argsort of iid uniforms is a uniform random permutation; its first `size` entries a uniform subset
     order = np.argsort(rng.random((repeats, width)), axis=1, kind="stable")[:, :size]
     return np.sort(order, axis=1).astype(np.int64)
+
+
+def sample_outside(width: int, chunk: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Up to `count` neurons outside `chunk`, drawn uniformly without replacement (seeded), sorted.
+
+    Used to pick the target neurons of the residual diagnostics, whose cost grows with their number.
+    """
+    outside = np.setdiff1d(np.arange(width), chunk)
+    if outside.size <= count:
+        return outside
+    rng = np.random.default_rng([seed, width, int(np.asarray(chunk).size), 1])
+    return np.sort(rng.choice(outside, size=count, replace=False))

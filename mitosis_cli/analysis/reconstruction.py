@@ -84,7 +84,7 @@ class MomentAccumulator:
 
     def update(self, block: np.ndarray | torch.Tensor) -> None:
         """Add the rows of a (n, D) block."""
-        x = torch.as_tensor(block).to(self.device, torch.float64)
+        x = torch.as_tensor(block).to(self.device, torch.float64, copy=True)  # centred in place below
         n_b = int(x.shape[0])
         if n_b == 0:
             return

@@ -81,14 +81,11 @@ def _measure(
     import numpy as np
 
     from mitosis_cli.analysis import ensembles as ens
-    from mitosis_cli.errors import InputError
     from mitosis_cli.io.activations import read_head, read_split
 
     notes: list[str] = []
     pools = found.pools()
     widest = max(pools)
-    if chunk_sizes is not None and max(chunk_sizes) >= widest:
-        raise InputError(f"--chunk-size {max(chunk_sizes)}: chunks must be narrower than the widest networks (W = {widest})")
     params = {w: _member_params(found.members[pool[0]].info, params_per_width) for w, pool in pools.items()}
     if any(p is None for p in params.values()):
         notes.append("same-params skipped: parameter counts unknown (no arch/width/depth/dataset in the files' config); "
@@ -106,6 +103,8 @@ def _measure(
             if width < widest:
                 if widest % width == 0:
                     compare["same-total-width"] = widest // width
+                else:
+                    notes.append(f"same-total-width: width {width} does not divide the widest width {widest}; skipped")
                 if params[width] is not None and params[widest] is not None:
                     compare["same-params"] = ens.same_params_members(params[widest], params[width])
             for kind, size in list(compare.items()):
@@ -218,7 +217,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         stderr.print(f"{item['kind']}: {item['members']} x width {item['width']}: {_fmt(item['error'])}  vs  "
                      f"one width-{item['wide_width']} network: {_fmt(item['wide_error'])}")
     for item in summary["internal"]:
-        stderr.print(f"internal ensemble, chunks of {item['chunk_size']} neurons: one {_fmt(item['one_chunk_error'])}, "
+        stderr.print(f"internal ensemble, {item['chunk_size']}-neuron chunks: one {_fmt(item['one_chunk_error'])}, "
                      f"{item['chunks']} together {_fmt(item['error'])}"
                      + (f"  vs  {item['chunks']} networks of width {item['chunk_size']}: {_fmt(item['networks_error'])}"
                         if item["networks_error"] is not None else ""))
@@ -259,8 +258,9 @@ def ensemble(
     chunk_list = _int_list(chunk_size, "--chunk-size")
     if len(inputs) < 2:
         raise InputError(f"an ensemble needs at least 2 activation files (networks trained with different seeds), got {len(inputs)}")
-    for path in inputs:
-        read_info(path)  # a missing or malformed file fails here, before hashing
+    widest = max(read_info(path).width for path in inputs)  # a missing or malformed file fails here, before hashing
+    if chunk_list is not None and max(chunk_list) >= widest:
+        raise InputError(f"--chunk-size {max(chunk_list)}: chunks must be narrower than the widest networks (W = {widest})")
     opts = {"sizes": size_list, "repeats": repeats, "seed": seed, "combine": combine, "chunk_sizes": chunk_list,
             "params_per_width": params_per_width}
     meta = provenance("ensemble", inputs, opts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -58,6 +59,8 @@ def train(
     from mitosis_cli.training.loop import StopFlag, pick_device, train_run
 
     set_threads(threads)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 speaks and extracts
+        quiet, json_out, acts = True, False, None
     try:
         epochs_to_save = [int(e) for e in save_epochs.split(",") if e.strip()] if save_epochs else []
     except ValueError:

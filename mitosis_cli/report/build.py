@@ -30,7 +30,10 @@ import matplotlib.pyplot as plt  # noqa: E402 - `figures` imported `style`, whic
 from matplotlib.figure import Figure  # noqa: E402
 
 STAMP = ".mitosis-report.json"
-PNG_DPI = 200  # 2x the on-screen size: sharp on high-density screens and in print
+PNG_DPI = 200  # sharp on high-density screens and in print
+# On screen a figure inch is shown as 140 CSS pixels (1.45x print size): a full-width (7 in) figure then
+# fills the page's ~980 px text column and its 8 pt labels read like body text.
+SCREEN_PX_PER_INCH = 140
 
 SECTION_CLONES = "Clones per network"
 SECTION_WIDTH = "Mitosis across widths"
@@ -130,11 +133,14 @@ def _render(plan: FigurePlan, folder: Path) -> RenderedFigure:
         figure.savefig(buffer, format="png", dpi=PNG_DPI)
         png = buffer.getvalue()
         (folder / f"{plan.name}.png").write_bytes(png)
+        # The layout solved for the PNG holds for the SVG too (it is in figure units): skip solving it again.
+        figure.set_layout_engine("none")
         figure.savefig(folder / f"{plan.name}.svg", format="svg", metadata={"Date": None})
     finally:
         plt.close(figure)
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # the PNG IHDR chunk
-    return RenderedFigure(plan.name, plan.section, plan.title, plan.caption, png, width, height)
+    scale = SCREEN_PX_PER_INCH / PNG_DPI
+    return RenderedFigure(plan.name, plan.section, plan.title, plan.caption, png, round(width * scale), round(height * scale))
 
 
 def _stamp_key(inputs: ReportInputs, options: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from mitosis_cli.report.frame import Curve, Frame, curve_from_summaries, curve_f
 import matplotlib.pyplot as plt  # noqa: E402 - after `style`, which selects the Agg backend
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 NetworkKey = tuple[str, str, int]  # (arch, dataset, width W)
 
@@ -245,7 +246,7 @@ def _excess_panel(ax: Axes, key: NetworkKey, clones: Frame | None, summary: Fram
         ax.set_title("error_inf not in the tables: raw test error", fontsize=7, loc="right", color=style.NEUTRAL)
     else:
         excess = Curve(test_error.x, test_error.mean - error_inf, test_error.sem, test_error.n)
-        curve, ylabel, gid = excess.positive(), r"test error $-$ error$_\infty$", "excess_error:test"
+        curve, ylabel, gid = excess.positive(), r"test error $-$ error$_\infty$ (fraction)", "excess_error:test"
         if len(curve) < len(excess):
             ax.set_title(f"{len(excess) - len(curve)} size(s) at or below error$_\\infty$ not shown",
                          fontsize=7, loc="right", color=style.NEUTRAL)
@@ -258,9 +259,11 @@ def _excess_panel(ax: Axes, key: NetworkKey, clones: Frame | None, summary: Fram
                 c, origin = fit
                 lo = clone.value if clone is not None and clone.value <= curve.x.max() else curve.x.min()
                 guide_x = np.geomspace(max(lo, curve.x.min()), curve.x.max(), 50)
-                ax.plot(guide_x, c / np.sqrt(guide_x), color=style.NEUTRAL, ls=":", lw=1.2, gid="guide",
-                        label=f"$c\\,w_c^{{-1/2}}$, c = {c:.3g} ({origin})")
+                # A broad pale band under the data: visible even where the points sit exactly on it.
+                ax.plot(guide_x, c / np.sqrt(guide_x), color=style.SHADE, lw=4, alpha=0.8, zorder=1, solid_capstyle="round",
+                        gid="guide", label=f"$c\\,w_c^{{-1/2}}$, c = {c:.3g} ({origin})")
     ax.set_yscale("log")
+    style.plain_log_ticks(ax.yaxis)
     ax.set_ylabel(ylabel)
     ax.legend(loc="lower left")
 
@@ -309,7 +312,7 @@ def _residual_panel(ax: Axes, clones: Frame | None, summary: Frame | None, clone
     for i, (gid, label, curve) in enumerate(curves):
         _errorbar(ax, curve, gid, label, style.colour(2 + i))
     ax.set_ylim(bottom=0)
-    ax.set_ylabel("residual correlation")
+    ax.set_ylabel("correlation of residuals")
     ax.legend(loc="upper right")
 
 
@@ -339,7 +342,7 @@ def _cross_file_fit(summary: Frame, arch: str, dataset: str) -> CloneFit | None:
     if not len(critical) or not len(slope):
         return None
     return CloneFit(float(slope["mean"][0]), float(critical["mean"][0]), float(critical["lo"][0]), float(critical["hi"][0]),
-                    "from the clones summary")
+                    "from summary")
 
 
 def _least_squares_fit(widths: np.ndarray, clones: np.ndarray) -> CloneFit | None:
@@ -373,18 +376,18 @@ def clones_vs_width(summary: Frame) -> Figure:
             if fit is None:
                 continue
             right = max(points.x.max(), fit.critical_width) * 1.05
-            left = min(points.x.min(), fit.critical_width) * 0.9
-            ax.plot([left, fit.critical_width, right], [1, 1, 1 + fit.slope * (right - fit.critical_width)], color=colour,
-                    lw=1.0, gid=f"fit:{arch}:{dataset}", label=f"fit: {fit.slope * 1000:.3g} clones / 1000 neurons ({fit.origin})")
+            # One clone (no mitosis) below the critical width, then the linear growth.
+            ax.plot([0, fit.critical_width, right], [1, 1, 1 + fit.slope * (right - fit.critical_width)], color=colour,
+                    lw=1.0, gid=f"fit:{arch}:{dataset}", label=f"linear fit, {fit.slope * 1000:.3g} per 1000 neurons")
             if np.isfinite(fit.lo) and np.isfinite(fit.hi) and fit.hi > fit.lo:
                 ax.axvspan(fit.lo, fit.hi, color=colour, alpha=0.12, lw=0)
             ax.axvline(fit.critical_width, color=colour, ls="--", lw=0.8, gid=f"critical-width:{arch}:{dataset}",
-                       label=f"critical width = {fit.critical_width:.0f}")
+                       label=f"critical width {fit.critical_width:.0f} ({fit.origin})")
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         ax.set_xlabel(WIDTH_AXIS)
         ax.set_ylabel("number of clones $W / w_c^*$")
-        ax.legend(loc="upper left")
+        ax.legend(loc="lower right")
     return fig
 
 
@@ -498,18 +501,17 @@ def ensemble_accuracy(ensemble: Frame) -> Figure:
         if len(wide):
             points = _accuracy_curve(wide, wide["width"], wide_from_error)
             container = ax_total.errorbar(points.x, points.mean, yerr=points.sem, marker="D", ms=4.5, ls="none",
-                                          color=style.ROLE_COLOURS["wide"], label="single wide network", elinewidth=0.8, zorder=3)
+                                          color=style.NEUTRAL, label="single wide network", elinewidth=0.8, zorder=3)
             container.lines[0].set_gid("wide")
             totals_seen.update(points.x.tolist())
             for x, y in zip(points.x, points.mean):
-                ax_members.axhline(y, color=style.ROLE_COLOURS["wide"], lw=0.8, ls="--", alpha=0.8, gid=f"wide-reference:{x:g}")
-                ax_members.annotate(f"wide W = {x:g}", (1.0, y), xycoords=("axes fraction", "data"), xytext=(-2, 2),
-                                    textcoords="offset points", ha="right", va="bottom", fontsize=6, color=style.ROLE_COLOURS["wide"])
+                ax_members.axhline(y, color=style.NEUTRAL, lw=0.8, ls="--", gid=f"wide-reference:{x:g}",
+                                   label=f"wide networks (W = {', '.join(f'{w:g}' for w in points.x)})" if x == points.x[0] else None)
         error_inf = ensemble.where(kind="error-inf", metric="error", split="test")
         if len(error_inf):
             for ax in (ax_members, ax_total):
                 ax.axhline(1 - float(np.mean(error_inf["value"])), color=style.NEUTRAL, lw=0.8, ls=":", gid="accuracy-inf",
-                           label=r"1 $-$ error$_\infty$")
+                           label=r"1 $-$ error$_\infty$" if ax is ax_total else None)
         for ax, seen, xlabel in ((ax_members, members_seen, "members in the ensemble"),
                                  (ax_total, totals_seen, "total width: members $\\times$ W (neurons)")):
             if not ax.has_data():
@@ -521,9 +523,9 @@ def ensemble_accuracy(ensemble: Frame) -> Figure:
             ax.set_ylabel("test accuracy (fraction)")
         ax_members.set_title("(a) accuracy against ensemble size", loc="left", fontsize=8)
         ax_total.set_title("(b) ensembles beside wide networks", loc="left", fontsize=8)
-        handles, labels = ax_total.get_legend_handles_labels()
-        if handles:
-            ax_total.legend(handles, labels, loc="lower right")
+        for ax in (ax_members, ax_total):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="lower right")
         if panels == 3:
             _bias_variance_panel(axes[2], bias_variance)
     return fig
@@ -540,16 +542,20 @@ def _bias_variance_panel(ax: Axes, rows: Frame) -> None:
                 continue
             curve = curve_from_values(group["members"], group["value"])
             members_seen.update(curve.x.tolist())
-            _errorbar(ax, curve, f"bias-variance:{metric}:{width:g}", f"{metric}, W = {width:g}", style.colour(index), ls=linestyle, ms=2.5)
+            _errorbar(ax, curve, f"bias-variance:{metric}:{width:g}", f"W = {width:g}" if metric == "loss" else "",
+                      style.colour(index), ls=linestyle, ms=2.5)
     if not ax.has_data():
         _no_data(ax, "bias-variance decomposition")
         return
+    # Colour says the width, line style the term: one legend entry each instead of widths x terms.
+    for metric, linestyle in styles.items():
+        ax.plot([], [], color=style.NEUTRAL, ls=linestyle, label=metric)
     ax.set_xscale("log", base=2)
     style.power_of_two_ticks(ax.xaxis, sorted(members_seen))
     ax.set_xlabel("members in the ensemble")
     ax.set_ylabel("test cross-entropy (nats)")
     ax.set_title("(c) loss = bias + variance", loc="left", fontsize=8)
-    ax.legend(loc="upper right", ncol=1 if len(widths) < 2 else 2)
+    ax.legend(loc="upper right", ncol=2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -581,6 +587,7 @@ def training_curves(runs: Sequence[tuple[NetworkKey, int | None, Frame]]) -> Fig
         ax_error.set_ylim(bottom=0)
         for ax in (ax_loss, ax_error):
             ax.set_xlabel(EPOCH_AXIS)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_loss.plot([], [], color=style.NEUTRAL, ls="-", label="train")
         ax_loss.plot([], [], color=style.NEUTRAL, ls="--", label="test")
         ax_loss.legend(loc="upper right", ncol=2 if len(networks) > 3 else 1)
@@ -611,6 +618,7 @@ def metrics_over_training(key: NetworkKey, clones: Frame | None, summary: Frame 
                 container = ax.errorbar(e, m, yerr=s, marker="o", color=colour, label=f"$w_c$ = {size:g}", elinewidth=0.8)
                 container.lines[0].set_gid(f"{gid}:{size:g}")
             ax.set_xlabel("epoch of the analysed checkpoint")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(ylabel)
         if axes[0].has_data():
             axes[0].legend(loc="upper right", ncol=2)

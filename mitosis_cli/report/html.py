@@ -20,8 +20,8 @@ class RenderedFigure:
     title: str
     caption: str
     png: bytes
-    width_px: int
-    height_px: int
+    display_width: int  # CSS pixels: the size the figure is shown at before the page narrows it
+    display_height: int
 
 
 @dataclass
@@ -47,7 +47,8 @@ _CSS = """
 :root { color-scheme: light; }
 * { box-sizing: border-box; }
 body { margin: 0 auto; padding: 1.2rem; max-width: 64rem; font: 15px/1.5 system-ui, -apple-system, "Segoe UI",
-       "DejaVu Sans", sans-serif; color: #1a1a1a; background: #fff; overflow-wrap: anywhere; }
+       "DejaVu Sans", sans-serif; color: #1a1a1a; background: #fff; }
+p, li, figcaption, code { overflow-wrap: anywhere; }
 h1 { font-size: 1.5rem; margin: 0 0 .3rem; }
 h2 { font-size: 1.15rem; margin: 2rem 0 .6rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
 .meta, figcaption, .note { color: #555; font-size: .88rem; }
@@ -58,8 +59,8 @@ figcaption b { color: #1a1a1a; }
 .scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: .85rem; margin: .3rem 0; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: .25rem .6rem; text-align: left; vertical-align: top; }
-th { background: #f5f5f5; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f5f5f5; font-weight: 600; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 code { font-size: .82rem; }
 ul.notes { padding-left: 1.2rem; }
 nav a { margin-right: .8rem; }
@@ -110,10 +111,9 @@ def render_html(doc: ReportDocument) -> str:
         parts.append(f'<h2 id="{_anchor(section)}">{escape(section)}</h2>')
         for figure in figures:
             data = base64.b64encode(figure.png).decode("ascii")
-            # The PNG is rendered at 2x for sharp screens; showing it at half its pixel size keeps text at print size.
             parts.append(
                 f'<figure id="{escape(figure.name)}"><img src="data:image/png;base64,{data}" alt="{escape(figure.title)}" '
-                f'width="{figure.width_px // 2}" height="{figure.height_px // 2}">'
+                f'width="{figure.display_width}" height="{figure.display_height}">'
                 f"<figcaption><b>{escape(figure.title)}.</b> {escape(figure.caption)} "
                 f'<a href="figures/{escape(figure.name)}.svg">SVG</a> · <a href="figures/{escape(figure.name)}.png">PNG</a>'
                 "</figcaption></figure>"

@@ -89,6 +89,13 @@ def sequential(count: int) -> list[str]:
     return [matplotlib.colors.to_hex(cmap(0.05 + 0.8 * i / (count - 1))) for i in range(count)]
 
 
+def plain_log_ticks(axis: matplotlib.axis.Axis) -> None:
+    """Label a log10 axis 0.02, 0.05, 0.1... instead of 2x10^-2: readable at column width."""
+    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _pos: f"{value:g}"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def power_of_two_ticks(axis: matplotlib.axis.Axis, values: Sequence[float]) -> None:
     """Label a log2 axis at the given values with plain integers (16, 32, 64...) rather than 2^k."""
     ticks = sorted({float(v) for v in values if v > 0})

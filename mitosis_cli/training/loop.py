@@ -31,6 +31,7 @@ from mitosis_cli.io.checkpoints import load_checkpoint, save_checkpoint
 from mitosis_cli.io.tables import provenance, write_table
 from mitosis_cli.models import build_model
 from mitosis_cli.training.config import TrainConfig
+from mitosis_cli.training.distributed import Ranks, init_ranks, unwrap, wrap_model
 from mitosis_cli.training.schedule import learning_rate
 
 CHECKPOINT = "checkpoint.pt"
@@ -62,18 +63,21 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy and error rate of `model` in eval mode on (x, y)."""
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+             ranks: Ranks = Ranks()) -> tuple[float, float]:
+    """Mean cross-entropy and error rate of `model` in eval mode on (x, y) (rows shared among ranks)."""
     model.eval()
-    loss_sum, wrong = 0.0, 0
+    x, y = ranks.shard(x), ranks.shard(y)
+    loss_sum, wrong = 0.0, 0.0
     for start in range(0, len(y), EVAL_BATCH):
         with autocast(device):
             logits = model(x[start : start + EVAL_BATCH]).float()
         target = y[start : start + EVAL_BATCH]
         loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
         wrong += (logits.argmax(1) != target).sum().item()
-    return loss_sum / len(y), wrong / len(y)
+    loss_sum, wrong, count = ranks.all_sum([loss_sum, wrong, float(len(y))], device)
+    return loss_sum / count, wrong / count
 
 
 @dataclass
@@ -128,7 +132,7 @@ def _write_history(run_dir: Path, cfg: TrainConfig, history: list[dict[str, floa
 def _checkpoint_payload(cfg: TrainConfig, model: nn.Module, data: Dataset, **state: Any) -> dict[str, Any]:
     return {
         "config": cfg.to_json(),
-        "model": model.state_dict(),
+        "model": unwrap(model).state_dict(),
         "num_classes": data.num_classes,
         "input_shape": list(data.input_shape),
         **state,
@@ -191,13 +195,20 @@ def train_run(
         When its signal is set, the loop saves a checkpoint and raises `Preempted`.
     """
     device = device or torch.device("cpu")
-    ckpt = check_run_dir(run_dir, cfg, resume, force)
+    ranks = init_ranks(device)
+    if ranks.active and device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    ckpt = None if force and not ranks.is_main else check_run_dir(run_dir, cfg, resume, force)
+    if ranks.active:
+        torch.distributed.barrier()  # rank 0 has cleared the directory before anyone goes on
     if ckpt is not None and ckpt.get("finished"):
         history = json.loads(ckpt["history"])
         return TrainResult(run_dir, ckpt["epoch"], _zero_epoch(ckpt), history, skipped=True, device=str(device))
     data = load_dataset(cfg.dataset, data_dir, download, cfg.train_size).to(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(cfg.to_json() + "\n")
+    if ranks.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG).write_text(cfg.to_json() + "\n")
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_spec, data.input_shape, data.num_classes).to(device)
@@ -228,8 +239,9 @@ def train_run(
         aug_gen.set_state(ckpt["aug_rng"])
         history = json.loads(ckpt["history"])
         zero_epoch = _zero_epoch(ckpt)
-    elif 0 in cfg.save_epochs:
+    elif 0 in cfg.save_epochs and ranks.is_main:
         _save_snapshot(run_dir, 0, cfg, model, data)
+    model = wrap_model(model, ranks, device)
 
     def keep_going() -> bool:
         if epoch < int(cfg.epochs):
@@ -238,6 +250,8 @@ def train_run(
         return cfg.until_zero_error and unfit and epoch < int(cfg.max_epochs)
 
     def save(finished: bool = False) -> None:
+        if not ranks.is_main:
+            return
         save_checkpoint(
             run_dir / CHECKPOINT,
             _checkpoint_payload(
@@ -261,8 +275,9 @@ def train_run(
                     group["lr"] = lr
                 idx = perm[step * batch : (step + 1) * batch]
                 x, y = data.train_x[idx], data.train_y[idx]
-                if augment:
+                if augment:  # the whole global batch, so every rank's random stream stays the same
                     x = random_crop_flip(x, aug_gen)
+                x, y = ranks.shard(x), ranks.shard(y)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device):
@@ -270,15 +285,15 @@ def train_run(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                if stop is not None and stop.signal is not None:
+                if stop is not None and ranks.any(stop.signal is not None, device):
                     step_in_epoch = step + 1
                     seconds_in_epoch += time.perf_counter() - started
                     save()
-                    name = signal.Signals(stop.signal).name
+                    name = signal.Signals(stop.signal or signal.SIGTERM).name
                     raise Preempted(f"stopped by {name} at epoch {epoch + 1}, step {step_in_epoch}: checkpoint saved in "
                                     f"{run_dir}; rerun the same command with --resume to continue")
-            train_loss, train_error = evaluate(model, data.train_x, data.train_y, device)
-            test_loss, test_error = evaluate(model, data.test_x, data.test_y, device)
+            train_loss, train_error = evaluate(model, data.train_x, data.train_y, device, ranks)
+            test_loss, test_error = evaluate(model, data.test_x, data.test_y, device, ranks)
             epoch += 1
             step_in_epoch = 0
             order_state = order_gen.get_state()
@@ -290,9 +305,10 @@ def train_run(
             history.append(row)
             if zero_epoch is None and train_error == 0:
                 zero_epoch = epoch
-            if epoch in cfg.save_epochs:
-                _save_snapshot(run_dir, epoch, cfg, model, data)
-            _write_history(run_dir, cfg, history, zero_epoch)
+            if ranks.is_main:
+                if epoch in cfg.save_epochs:
+                    _save_snapshot(run_dir, epoch, cfg, model, data)
+                _write_history(run_dir, cfg, history, zero_epoch)
             save()
             if on_epoch is not None:
                 on_epoch(epoch, int(cfg.epochs), row)

@@ -1,0 +1,223 @@
+"""Each figure shows the table it was given: positions, counts and values read back from the Axes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Polygon, Rectangle
+
+from mitosis_cli.report import figures as F
+from mitosis_cli.report.frame import Frame
+from mitosis_cli.report.inputs import load_inputs
+from tests.report import tables as T
+
+
+def frame(rows: list[dict], schema: pa.Schema) -> Frame:
+    return Frame.from_arrow(pa.Table.from_pylist(rows, schema=schema))
+
+
+def line(fig: Figure, gid: str) -> Line2D:
+    found = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid() == gid]
+    assert len(found) == 1, f"expected one line {gid!r}, found {[ln.get_gid() for ax in fig.axes for ln in ax.get_lines()]}"
+    return found[0]
+
+
+def lines(fig: Figure, prefix: str) -> list[Line2D]:
+    return [ln for ax in fig.axes for ln in ax.get_lines() if (ln.get_gid() or "").startswith(prefix)]
+
+
+def raw_mean(rows: list[dict], metric: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chunk sizes, mean and sem over repeats, computed independently of the report code."""
+    sizes = sorted({r["chunk_size"] for r in rows if r["metric"] == metric and r["split"] == split})
+    values = [np.array([r["value"] for r in rows if r["metric"] == metric and r["split"] == split and r["chunk_size"] == s]) for s in sizes]
+    return np.array(sizes, float), np.array([v.mean() for v in values]), np.array([v.std(ddof=1) / np.sqrt(len(v)) for v in values])
+
+
+@pytest.fixture(scope="module")
+def network() -> dict:
+    rows = T.clones_rows(width=128, clone_size=8, seed=3, repeats=3)
+    summary = T.summary_rows(rows, clone_size=8, lo=4, hi=16)
+    return {"key": ("mlp", "mnist5k", 128), "rows": rows, "clones": frame(rows, T.CLONES_SCHEMA),
+            "summary": frame(summary, T.SUMMARY_SCHEMA), "summary_rows": summary}
+
+
+def test_panels_mark_the_tables_clone_size_and_interval(network) -> None:
+    fig = F.network_panels(network["key"], network["clones"], network["summary"], None)
+    markers = lines(fig, "clone-size")
+    assert len(markers) == 4, "the clone size is marked in every panel"
+    assert all(np.allclose(ln.get_xdata(), 8.0) for ln in markers)
+    bands = [p for ax in fig.axes for p in ax.patches if p.get_gid() == "clone-size-interval"]
+    assert len(bands) == 4
+    xs = bands[0].get_xy()[:, 0] if isinstance(bands[0], Polygon) else [bands[0].get_x(), bands[0].get_x() + bands[0].get_width()]
+    assert (min(xs), max(xs)) == (4.0, 16.0)
+    assert "$w_c^*$ = 8" in fig._suptitle.get_text() and "16 clones" in fig._suptitle.get_text()
+
+
+def test_panels_plot_every_chunk_size_with_the_tables_values(network) -> None:
+    fig = F.network_panels(network["key"], network["clones"], network["summary"], None)
+    sizes, mean, sem = raw_mean(network["rows"], "chunk_error", "test")
+    excess = line(fig, "excess_error:test")
+    np.testing.assert_allclose(excess.get_xdata(), sizes)
+    np.testing.assert_allclose(excess.get_ydata(), mean - T.ERROR_INF)  # error_inf from the summary
+    for gid, metric, split in (("chunk_error:train", "chunk_error", "train"), ("reconstruction_r2:test", "reconstruction_r2", "test"),
+                               ("reconstruction_r2:train->test", "reconstruction_r2", "train->test"),
+                               ("residual_abs_corr:test", "residual_abs_corr", "test")):
+        x, y, _ = raw_mean(network["rows"], metric, split)
+        plotted = line(fig, gid)
+        assert len(plotted.get_xdata()) == len(sizes) == 6  # 4, 8, ..., 128
+        np.testing.assert_allclose(plotted.get_ydata(), y)
+    # Error bars are the standard error over repeats: the bar of the first point spans mean +- sem.
+    ax = excess.axes
+    bars = [c for c in ax.collections if c.get_segments() and len(c.get_segments()) == len(sizes)]
+    first = bars[0].get_segments()[0]
+    np.testing.assert_allclose(sorted(first[:, 1]), [mean[0] - T.ERROR_INF - sem[0], mean[0] - T.ERROR_INF + sem[0]])
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert ax.get_xlabel() == F.CHUNK_AXIS and "error" in ax.get_ylabel() and "infty" in ax.get_ylabel()
+
+
+def test_guide_decays_as_inverse_square_root_from_the_clone_size(network) -> None:
+    fig = F.network_panels(network["key"], network["clones"], network["summary"], None)
+    guide = line(fig, "guide")
+    x, y = np.asarray(guide.get_xdata()), np.asarray(guide.get_ydata())
+    assert x.min() == pytest.approx(8.0) and x.max() == pytest.approx(128.0)
+    np.testing.assert_allclose(y * np.sqrt(x), y[0] * np.sqrt(x[0]))  # c * w^-1/2, constant c
+    assert y[0] * np.sqrt(x[0]) == pytest.approx(T.EXCESS_C, rel=0.1)  # the c the synthetic errors were made with
+
+
+def test_without_error_inf_the_raw_test_error_is_shown(network) -> None:
+    summary = frame([r for r in network["summary_rows"] if r["metric"] != "error_inf"], T.SUMMARY_SCHEMA)
+    fig = F.network_panels(network["key"], network["clones"], summary, None)
+    sizes, mean, _ = raw_mean(network["rows"], "chunk_error", "test")
+    np.testing.assert_allclose(line(fig, "chunk_error:test").get_ydata(), mean)
+    assert not lines(fig, "excess_error")
+
+
+def test_error_inf_from_the_ensemble_table_of_the_same_width(network) -> None:
+    summary = frame([r for r in network["summary_rows"] if r["metric"] != "error_inf"], T.SUMMARY_SCHEMA)
+    ensemble = frame([{"kind": "error-inf", "width": 128, "members": 16, "repeat": 0, "split": "test", "metric": "error", "value": 0.01},
+                      {"kind": "error-inf", "width": 64, "members": 16, "repeat": 0, "split": "test", "metric": "error", "value": 0.3}],
+                     T.ENSEMBLE_SCHEMA)
+    fig = F.network_panels(network["key"], network["clones"], summary, ensemble)
+    _, mean, _ = raw_mean(network["rows"], "chunk_error", "test")
+    np.testing.assert_allclose(line(fig, "excess_error:test").get_ydata(), mean - 0.01)
+
+
+def test_summary_alone_is_enough_for_the_panels(network) -> None:
+    fig = F.network_panels(network["key"], None, network["summary"], None)
+    r2 = [r for r in network["summary_rows"] if r["metric"] == "reconstruction_r2" and r["split"] == "test"]
+    plotted = line(fig, "reconstruction_r2:test")
+    np.testing.assert_allclose(plotted.get_xdata(), sorted(r["chunk_size"] for r in r2))
+    np.testing.assert_allclose(plotted.get_ydata(), [r["mean"] for r in sorted(r2, key=lambda r: r["chunk_size"])])
+
+
+def test_missing_metrics_leave_a_labelled_empty_panel() -> None:
+    rows = [r for r in T.clones_rows(width=32, clone_size=8) if r["metric"] == "reconstruction_r2"]
+    fig = F.network_panels(("mlp", "mnist5k", 32), frame(rows, T.CLONES_SCHEMA), None, None)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert sum("no " in t for t in texts) == 3
+    assert len(line(fig, "reconstruction_r2:test").get_xdata()) == 4  # 4, 8, 16, 32
+
+
+def test_clones_against_width_shows_points_fit_and_critical_width() -> None:
+    rows = []
+    for width in (64, 128, 256):
+        for seed in (0, 1):
+            rows += T.summary_rows(T.clones_rows(width, clone_size=16, seed=seed, repeats=2), 16, 8, 32)
+    rows += T.cross_rows(critical_width=40.0, slope=0.05)
+    fig = F.clones_vs_width(frame(rows, T.SUMMARY_SCHEMA))
+    points = line(fig, "n_clones:mlp:mnist5k")
+    np.testing.assert_allclose(points.get_xdata(), [64, 128, 256])
+    np.testing.assert_allclose(points.get_ydata(), [4, 8, 16])
+    np.testing.assert_allclose(line(fig, "critical-width:mlp:mnist5k").get_xdata(), 40.0)
+    fit = line(fig, "fit:mlp:mnist5k")
+    x, y = np.asarray(fit.get_xdata(), float), np.asarray(fit.get_ydata(), float)
+    assert (x[1], y[1]) == (40.0, 1.0)
+    assert (y[2] - y[1]) / (x[2] - x[1]) == pytest.approx(0.05)
+    assert "width" in fig.axes[0].get_xlabel() and "(neurons)" in fig.axes[0].get_xlabel()
+
+
+def test_clones_against_width_fits_itself_without_cross_file_rows() -> None:
+    rows = []
+    for width in (64, 128, 256):
+        rows += T.summary_rows(T.clones_rows(width, clone_size=16, repeats=2), 16, 8, 32)
+    fig = F.clones_vs_width(frame(rows, T.SUMMARY_SCHEMA))
+    # n = W / 16 is the line through (16, 1) with slope 1/16.
+    np.testing.assert_allclose(line(fig, "critical-width:mlp:mnist5k").get_xdata(), 16.0)
+    assert "least squares" in " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_information_imbalance_both_ways_per_network() -> None:
+    rows = T.clones_rows(64, clone_size=8) + T.clones_rows(256, clone_size=32)
+    summary = T.summary_rows(rows[: len(rows) // 2], 8, 4, 16) + T.summary_rows(rows[len(rows) // 2:], 32, 16, 64)
+    keys = [("mlp", "mnist5k", 64), ("mlp", "mnist5k", 256)]
+    fig = F.information_imbalance(frame(rows, T.CLONES_SCHEMA), frame(summary, T.SUMMARY_SCHEMA), keys)
+    for metric in ("ii_chunk_to_full", "ii_full_to_chunk"):
+        for (_, _, width), sizes in zip(keys, (5, 7)):
+            plotted = line(fig, f"{metric}:mlp:mnist5k:{width}")
+            assert len(plotted.get_xdata()) == sizes  # 4..64 and 4..256
+            _, mean, _ = raw_mean([r for r in rows if r["width"] == width], metric, "test")
+            np.testing.assert_allclose(plotted.get_ydata(), mean)
+    np.testing.assert_allclose(lines(fig, "clone-size:mlp:mnist5k:256")[0].get_xdata(), 32.0)
+    legend = " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    assert "N = 500" in legend and "k = 1" in legend
+
+
+def test_ensemble_curves_wide_networks_and_error_inf() -> None:
+    rows = T.ensemble_rows(widths=(64,), members=(1, 2, 4), repeats=3)
+    fig = F.ensemble_accuracy(frame(rows, T.ENSEMBLE_SCHEMA))
+    curve = line(fig, "ensemble:64")
+    np.testing.assert_allclose(curve.get_xdata(), [1, 2, 4])
+    expected = [np.mean([r["value"] for r in rows if r["kind"] == "ensemble" and r["metric"] == "accuracy" and r["members"] == m])
+                for m in (1, 2, 4)]
+    np.testing.assert_allclose(curve.get_ydata(), expected)
+    np.testing.assert_allclose(line(fig, "ensemble-total:64").get_xdata(), [64, 128, 256])
+    wide = line(fig, "wide")
+    np.testing.assert_allclose(wide.get_xdata(), [256, 512])
+    assert len(lines(fig, "wide-reference")) == 2
+    assert all(np.allclose(ln.get_ydata(), 1 - T.ERROR_INF) for ln in lines(fig, "accuracy-inf"))
+    assert len(fig.axes) == 3 and len(lines(fig, "bias-variance")) == 3  # loss, bias, variance for W = 64
+    assert not lines(fig, "some-future-kind")
+
+
+def test_ensemble_accuracy_from_error_rows_only() -> None:
+    rows = [r for r in T.ensemble_rows(widths=(32,), members=(1, 2), repeats=2) if r["metric"] == "error" and r["kind"] == "ensemble"]
+    fig = F.ensemble_accuracy(frame(rows, T.ENSEMBLE_SCHEMA))
+    expected = [1 - np.mean([r["value"] for r in rows if r["members"] == m]) for m in (1, 2)]
+    np.testing.assert_allclose(line(fig, "ensemble:32").get_ydata(), expected)
+    assert len(fig.axes) == 2
+
+
+def test_training_curves_one_line_per_run_split_and_quantity() -> None:
+    epochs = np.arange(1, 6)
+    runs = []
+    for width, seed in ((64, 0), (64, 1), (256, 0)):
+        runs.append((("mlp", "mnist5k", width), seed, Frame({
+            "epoch": epochs.astype(float), "train_loss": 1 / epochs, "test_loss": 1.5 / epochs,
+            "train_error": 0.5 / epochs, "test_error": 0.6 / epochs})))
+    fig = F.training_curves(runs)
+    assert len(lines(fig, "train_loss")) == len(lines(fig, "test_error")) == 3
+    plotted = line(fig, "test_error:mlp:mnist5k:256:0")
+    np.testing.assert_allclose(plotted.get_ydata(), 0.6 / epochs)
+    assert fig.axes[0].get_xlabel() == "epoch" and "(nats)" in fig.axes[0].get_ylabel()
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels.count("mlp on mnist5k, W = 64") == 1, "seeds of one network share one legend entry"
+
+
+def test_chunk_metrics_over_training_one_point_per_epoch(tmp_path) -> None:
+    rows = []
+    for epoch, clone_size in ((1, 32), (10, 16), (50, 8)):
+        rows += T.clones_rows(32, clone_size=clone_size, source=f"runs/w32/acts-epoch-{epoch:04d}.h5", repeats=2)
+    path = T.write_rows(tmp_path / "clones.parquet", rows, T.CLONES_SCHEMA, "clones")
+    clones = load_inputs([path]).clones  # the epoch is read from the activation file's name
+    key = ("mlp", "mnist5k", 32)
+    assert F.network_epochs(clones, key) == [1.0, 10.0, 50.0]
+    fig = F.metrics_over_training(key, clones, None)
+    per_size = lines(fig, "chunk_error:test:")
+    assert len(per_size) == 4  # chunk sizes 4, 8, 16, 32
+    np.testing.assert_allclose(per_size[0].get_xdata(), [1, 10, 50])
+    # The panel set of the network uses the latest epoch only.
+    latest = F.select_network(clones, key)
+    assert latest.unique("epoch") == [50.0]
