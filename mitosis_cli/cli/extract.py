@@ -19,6 +19,7 @@ def extract(
     split: Annotated[Optional[list[str]], typer.Option("--split", help="train and/or test (repeat the option; default both).")] = None,
     untrained: Annotated[bool, typer.Option("--untrained", help="Control: same architecture at its seeded random initialisation.")] = False,
     noise_inputs: Annotated[bool, typer.Option("--noise-inputs", help="Control: standard Gaussian noise as inputs (labels kept).")] = False,
+    force: options.Force = False,
     data_dir: DataDir = None,
     device: options.Device = "auto",
     threads: options.Threads = None,
@@ -31,7 +32,8 @@ def extract(
     """
     from mitosis_cli.errors import InputError
     from mitosis_cli.io.activations import SPLITS
-    from mitosis_cli.training.extract import extract_activations, load_trained_model
+    from mitosis_cli.io.atomic import output_lock
+    from mitosis_cli.training.extract import extract_activations, extraction_is_current, load_trained_model
     from mitosis_cli.training.loop import pick_device
 
     set_threads(threads)
@@ -42,12 +44,17 @@ def extract(
     dev = pick_device(device)
     target = out or (source / "acts.h5" if source.is_dir() else source.with_suffix(".h5"))
     trained = load_trained_model(source, epoch, untrained=untrained, device=dev)
-    path = extract_activations(trained, target, splits, data_dir=data_dir, noise_inputs=noise_inputs,
-                               untrained=untrained, device=dev)
-    say(f"{trained.config.model_spec.label} epoch {trained.epoch}: {', '.join(splits)} -> {path}", quiet)
+    with output_lock(target):
+        skipped = not force and extraction_is_current(target, trained, splits, untrained, noise_inputs)
+        if skipped:
+            say(f"{target}: already extracted from this checkpoint with these options; skipped (--force to redo)", quiet)
+        else:
+            extract_activations(trained, target, splits, data_dir=data_dir, noise_inputs=noise_inputs,
+                                untrained=untrained, device=dev)
+            say(f"{trained.config.model_spec.label} epoch {trained.epoch}: {', '.join(splits)} -> {target}", quiet)
     if json_out:
-        emit_json({"acts": str(path), "splits": list(splits), "width": trained.config.width, "epoch": trained.epoch,
-                   "arch": trained.config.model_spec.label, "checkpoint": str(trained.checkpoint)})
+        emit_json({"acts": str(target), "splits": list(splits), "width": trained.config.width, "epoch": trained.epoch,
+                   "arch": trained.config.model_spec.label, "checkpoint": str(trained.checkpoint), "skipped": skipped})
 
 
 def register(app: typer.Typer) -> None:

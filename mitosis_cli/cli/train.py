@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -54,6 +55,7 @@ def train(
     Example: mitosis train --width 512 --seed 1 -o runs/w512-s1 --acts runs/w512-s1/acts.h5
     """
     from mitosis_cli.errors import InputError
+    from mitosis_cli.io.atomic import output_lock
     from mitosis_cli.training.config import TrainConfig
     from mitosis_cli.training.extract import extract_activations, load_trained_model
     from mitosis_cli.training.loop import StopFlag, pick_device, train_run
@@ -81,8 +83,9 @@ def train(
             bar.update(task, completed=min(epoch, planned), total=max(planned, epoch),
                        status=f"train err {row['train_error']:.4f}  test err {row['test_error']:.4f}")
 
-        result = train_run(cfg, out, data_dir=data_dir, download=download, device=dev, resume=resume, force=force,
-                           on_epoch=on_epoch, stop=StopFlag())
+        with output_lock(out) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
+            result = train_run(cfg, out, data_dir=data_dir, download=download, device=dev, resume=resume, force=force,
+                               on_epoch=on_epoch, stop=StopFlag())
     final = result.final
     if result.skipped:
         say(f"{out}: already trained with these options ({result.epochs} epochs); skipped (--force to retrain)", quiet)

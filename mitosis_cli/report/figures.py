@@ -144,9 +144,11 @@ def error_inf_for(summary: Frame | None, ensemble: Frame | None, width: int) -> 
     if not len(rows):
         return None
     matching = rows.filter(rows["width"] == width)
-    if not len(matching):
-        matching = rows.filter(~np.isfinite(rows["width"]))  # an error_inf not tied to one width
-    return float(np.mean(matching["value"])) if len(matching) else None
+    if len(matching):
+        return float(np.mean(matching["value"]))
+    # `mitosis ensemble` writes one error_inf, from the widest networks: the limit of the task, used for every width.
+    values = np.unique(rows["value"][np.isfinite(rows["value"])])
+    return float(values[0]) if len(values) == 1 else None
 
 
 def excess_constant(summary: Frame | None, excess: Curve, clone_size: float | None) -> tuple[float, str] | None:
@@ -335,8 +337,11 @@ def _cross_file_fit(summary: Frame, arch: str, dataset: str) -> CloneFit | None:
     rows = summary.where(source="all")
     if not len(rows):
         return None
-    family = rows.filter(np.array([(a in (arch, None, "all")) and (d in (dataset, None, "all"))
-                                   for a, d in zip(rows["arch"], rows["dataset"])], dtype=bool))
+    def covers(label: object, name: str) -> bool:  # "mlp" or "mlp,wrn" (a fit over several) or null
+        return label is None or label == "all" or name in str(label).split(",")
+
+    family = rows.filter(np.array([covers(a, arch) and covers(d, dataset) for a, d in zip(rows["arch"], rows["dataset"])],
+                                  dtype=bool))
     critical = family.where(metric="critical_width")
     slope = family.where(metric="clones_per_width_slope")
     if not len(critical) or not len(slope):
@@ -473,8 +478,9 @@ def _accuracy_curve(rows: Frame, x: np.ndarray, from_error: bool) -> Curve:
 
 def ensemble_accuracy(ensemble: Frame) -> Figure:
     """(a) Test accuracy against the number of members, one line per member width, the wide networks as
-    horizontal references; (b) the same against total width (members x W) with the wide networks placed
-    at their own width, beside the ensembles of equal size; (c) the loss decomposition when present."""
+    widest single network as reference; (b) the same against total width (members x W) with the single
+    networks placed at their own width, beside the ensembles of equal total width; (c) the loss
+    decomposition of the pool against width, when present."""
     bias_variance = ensemble.where(kind="bias-variance")
     panels = 3 if len(bias_variance) else 2
     with style.report_style():
@@ -504,9 +510,9 @@ def ensemble_accuracy(ensemble: Frame) -> Figure:
                                           color=style.NEUTRAL, label="single wide network", elinewidth=0.8, zorder=3)
             container.lines[0].set_gid("wide")
             totals_seen.update(points.x.tolist())
-            for x, y in zip(points.x, points.mean):
-                ax_members.axhline(y, color=style.NEUTRAL, lw=0.8, ls="--", gid=f"wide-reference:{x:g}",
-                                   label=f"wide networks (W = {', '.join(f'{w:g}' for w in points.x)})" if x == points.x[0] else None)
+            # Panel (a) gets the widest single network as its reference line; (b) places every width.
+            ax_members.axhline(points.mean[-1], color=style.NEUTRAL, lw=0.8, ls="--", gid=f"wide-reference:{points.x[-1]:g}",
+                               label=f"single network, W = {points.x[-1]:g}")
         error_inf = ensemble.where(kind="error-inf", metric="error", split="test")
         if len(error_inf):
             for ax in (ax_members, ax_total):
@@ -532,30 +538,25 @@ def ensemble_accuracy(ensemble: Frame) -> Figure:
 
 
 def _bias_variance_panel(ax: Axes, rows: Frame) -> None:
-    styles = {"loss": "-", "bias": "--", "variance": ":"}
-    widths = rows.unique("width")
-    members_seen: set[float] = set()
-    for index, width in enumerate(widths):
-        for metric, linestyle in styles.items():
-            group = rows.where(width=width, metric=metric)
-            if not len(group):
-                continue
-            curve = curve_from_values(group["members"], group["value"])
-            members_seen.update(curve.x.tolist())
-            _errorbar(ax, curve, f"bias-variance:{metric}:{width:g}", f"W = {width:g}" if metric == "loss" else "",
-                      style.colour(index), ls=linestyle, ms=2.5)
+    """Loss, bias and variance of the whole pool of networks against their width (one value per width)."""
+    rows = rows.where(split="test")
+    widths_seen: set[float] = set()
+    for index, (metric, linestyle) in enumerate((("loss", "-"), ("bias", "--"), ("variance", ":"))):
+        group = rows.where(metric=metric)
+        if not len(group):
+            continue
+        curve = curve_from_values(group["width"], group["value"])
+        widths_seen.update(curve.x.tolist())
+        _errorbar(ax, curve, f"bias-variance:{metric}", metric, style.colour(index), ls=linestyle, ms=2.5)
     if not ax.has_data():
         _no_data(ax, "bias-variance decomposition")
         return
-    # Colour says the width, line style the term: one legend entry each instead of widths x terms.
-    for metric, linestyle in styles.items():
-        ax.plot([], [], color=style.NEUTRAL, ls=linestyle, label=metric)
     ax.set_xscale("log", base=2)
-    style.power_of_two_ticks(ax.xaxis, sorted(members_seen))
-    ax.set_xlabel("members in the ensemble")
+    style.power_of_two_ticks(ax.xaxis, sorted(widths_seen))
+    ax.set_xlabel("width $W$ of the networks (neurons)")
     ax.set_ylabel("test cross-entropy (nats)")
     ax.set_title("(c) loss = bias + variance", loc="left", fontsize=8)
-    ax.legend(loc="upper right", ncol=2)
+    ax.legend(loc="upper right")
 
 
 # --------------------------------------------------------------------------------------------------

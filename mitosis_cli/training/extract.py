@@ -13,7 +13,7 @@ from torch import nn
 
 from mitosis_cli.data import Dataset, load_dataset
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import ActivationMeta, Batch, write_activations
+from mitosis_cli.io.activations import ActivationMeta, Batch, read_info, write_activations
 from mitosis_cli.io.checkpoints import load_checkpoint
 from mitosis_cli.io.tables import file_sha256
 from mitosis_cli.models import build_model
@@ -86,6 +86,25 @@ def _batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
         yield feats.cpu().numpy(), logits.float().cpu().numpy(), y[start : start + EXTRACT_BATCH].cpu().numpy()
 
 
+def extraction_config(trained: TrainedModel, untrained: bool, noise_inputs: bool) -> dict[str, object]:
+    """The `config` attribute an extraction writes: the run's config plus the controls used."""
+    return trained.config.to_dict() | {"untrained": untrained, "noise_inputs": noise_inputs}
+
+
+def extraction_is_current(path: Path, trained: TrainedModel, splits: tuple[str, ...], untrained: bool,
+                          noise_inputs: bool) -> bool:
+    """True when `path` already holds this checkpoint's activations for the same splits and controls."""
+    if not path.is_file():
+        return False
+    try:
+        info = read_info(path)
+    except InputError:
+        return False  # unreadable or foreign: overwrite it
+    return (info.attrs.get("source_sha256") == file_sha256(trained.checkpoint)
+            and info.config == extraction_config(trained, untrained, noise_inputs)
+            and set(info.splits) == set(splits))
+
+
 def extract_activations(
     trained: TrainedModel,
     out: Path,
@@ -116,7 +135,7 @@ def extract_activations(
         if noise_inputs:
             x = torch.randn(x.shape, generator=gen, dtype=x.dtype)
         streams[name] = (len(y), _batches(model, x, y, device))
-    config = cfg.to_dict() | {"untrained": untrained, "noise_inputs": noise_inputs}
+    config = extraction_config(trained, untrained, noise_inputs)
     meta = ActivationMeta(
         width=cfg.width,
         num_classes=trained.num_classes,

@@ -112,9 +112,10 @@ def ensemble_rows(widths: tuple[int, ...] = (64, 128), members: tuple[int, ...] 
                 for metric, value in (("accuracy", accuracy), ("error", 1 - accuracy), ("cross_entropy", 0.1 + 0.2 / m)):
                     rows.append({"kind": "ensemble", "width": width, "members": m, "repeat": repeat, "split": "test",
                                  "metric": metric, "value": value})
-                for metric, value in (("loss", 0.1 + 0.2 / m), ("bias", 0.1), ("variance", 0.2 / m)):
-                    rows.append({"kind": "bias-variance", "width": width, "members": m, "repeat": repeat, "split": "test",
-                                 "metric": metric, "value": value})
+        # `mitosis ensemble` decomposes the loss of the whole pool once per width and split.
+        for metric, value in (("loss", 0.1 + 20 / width), ("bias", 0.1), ("variance", 20 / width)):
+            rows.append({"kind": "bias-variance", "width": width, "members": max(members), "repeat": 0, "split": "test",
+                         "metric": metric, "value": value})
     for width in (256, 512):
         for repeat in range(repeats):
             rows.append({"kind": "wide", "width": width, "members": 1, "repeat": repeat, "split": "test", "metric": "accuracy",

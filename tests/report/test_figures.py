@@ -176,9 +176,10 @@ def test_ensemble_curves_wide_networks_and_error_inf() -> None:
     np.testing.assert_allclose(line(fig, "ensemble-total:64").get_xdata(), [64, 128, 256])
     wide = line(fig, "wide")
     np.testing.assert_allclose(wide.get_xdata(), [256, 512])
-    assert len(lines(fig, "wide-reference")) == 2
+    assert [ln.get_gid() for ln in lines(fig, "wide-reference")] == ["wide-reference:512"]  # the widest single network
     assert all(np.allclose(ln.get_ydata(), 1 - T.ERROR_INF) for ln in lines(fig, "accuracy-inf"))
-    assert len(fig.axes) == 3 and len(lines(fig, "bias-variance")) == 3  # loss, bias, variance for W = 64
+    assert len(fig.axes) == 3 and len(lines(fig, "bias-variance")) == 3  # loss, bias, variance
+    np.testing.assert_allclose(line(fig, "bias-variance:variance").get_xdata(), [64])
     assert not lines(fig, "some-future-kind")
 
 
