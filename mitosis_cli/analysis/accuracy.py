@@ -68,11 +68,16 @@ def probe_readouts(moments: Moments, width: int, chunks: np.ndarray, alpha: floa
 
     Returns (coef (R, s, C), intercept (R, C)) in float32, in the layout of `head_readouts`.
     """
+    targets = torch.arange(width, moments.dim, device=moments.scatter.device)
+    fits: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # the same set (e.g. size W): one fit
     coefs, intercepts = [], []
     for chunk in np.asarray(chunks, np.int64):
-        ridge = ridge_from_moments(moments, chunk, alpha)
-        coefs.append(ridge.coef[:, width:])
-        intercepts.append(ridge.intercept[width:])
+        key = tuple(chunk.tolist())
+        if key not in fits:
+            ridge = ridge_from_moments(moments, chunk, alpha, targets)
+            fits[key] = (ridge.coef, ridge.intercept)
+        coefs.append(fits[key][0])
+        intercepts.append(fits[key][1])
     return torch.stack(coefs).float(), torch.stack(intercepts).float()
 
 

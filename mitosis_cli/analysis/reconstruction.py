@@ -105,23 +105,27 @@ class MomentAccumulator:
 
 @dataclass(frozen=True)
 class RidgeFactor:
-    """A chunk's ridge fit from moments: whitened cross-scatter Z = L^{-1} S_SW and coefficients B."""
+    """A chunk's ridge fit from moments: whitened cross-scatter Z = L^{-1} S_ST and coefficients B."""
 
-    z: torch.Tensor  # (s, W)
-    coef: torch.Tensor  # (s, W): B
-    intercept: torch.Tensor  # (W,): mu_W - B^T mu_S
+    z: torch.Tensor  # (s, T)
+    coef: torch.Tensor  # (s, T): B
+    intercept: torch.Tensor  # (T,): mu_T - B^T mu_S
 
 
-def ridge_from_moments(moments: Moments, chunk: np.ndarray | torch.Tensor, alpha: float = RIDGE_ALPHA) -> RidgeFactor:
-    """Ridge regression with intercept from the chunk's neurons to all D columns of `moments`.
+def ridge_from_moments(moments: Moments, chunk: np.ndarray | torch.Tensor, alpha: float = RIDGE_ALPHA,
+                       targets: np.ndarray | torch.Tensor | None = None) -> RidgeFactor:
+    """Ridge regression with intercept from the chunk's columns to the `targets` columns (default: all D).
 
-    Solves (S_SS + alpha I) B = S_SW, identical to scikit-learn's ``Ridge(alpha, fit_intercept=True)``
+    Solves (S_SS + alpha I) B = S_ST, identical to scikit-learn's ``Ridge(alpha, fit_intercept=True)``
     (which penalises the centred Gram matrix). Falls back from Cholesky to an eigendecomposition when
     S_SS + alpha I is not numerically positive definite (collinear neurons at a large scale).
     """
-    idx = torch.as_tensor(chunk, device=moments.scatter.device)
-    cross = moments.scatter.index_select(0, idx)  # S_SW, (s, D)
-    gram = cross.index_select(1, idx)
+    device = moments.scatter.device
+    idx = torch.as_tensor(chunk, device=device)
+    rows = moments.scatter.index_select(0, idx)  # S_SD, (s, D)
+    gram = rows.index_select(1, idx)
+    tgt = None if targets is None else torch.as_tensor(targets, device=device)
+    cross = rows if tgt is None else rows.index_select(1, tgt)  # S_ST
     gram.diagonal().add_(alpha)
     factor, info = torch.linalg.cholesky_ex(gram)
     if int(info) == 0:
@@ -133,7 +137,8 @@ def ridge_from_moments(moments: Moments, chunk: np.ndarray | torch.Tensor, alpha
         qt_cross = q.T @ cross
         z = qt_cross / lam.sqrt()[:, None]
         coef = q @ (qt_cross / lam[:, None])
-    intercept = moments.mean - coef.T @ moments.mean.index_select(0, idx)
+    target_mean = moments.mean if tgt is None else moments.mean.index_select(0, tgt)
+    intercept = target_mean - coef.T @ moments.mean.index_select(0, idx)
     return RidgeFactor(z, coef, intercept)
 
 

@@ -20,6 +20,8 @@ from mitosis_cli.cli import options
 from mitosis_cli.cli.console import emit_json, progress_bar, say, set_threads, stderr
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import numpy as np
     import torch
 
@@ -60,7 +62,8 @@ def _read_labels(path: Path, split: str) -> "np.ndarray":
         return labels.astype("int64")
 
 
-def _blocks(path: Path, split: str, width: int):  # noqa: ANN202 - generator of (features, labels, row offset)
+def _blocks(path: Path, split: str, width: int) -> "Iterator[tuple[np.ndarray, np.ndarray, int]]":
+    """(features, labels, first row) blocks of a split, ~BLOCK_BYTES of features each."""
     from mitosis_cli.io.activations import iter_feature_blocks
 
     labels = _read_labels(path, split)
@@ -109,9 +112,9 @@ def _measure_file(path: Path, info: "ActivationInfo", cfg: Settings, device: "to
     out = Measurements()
     base = {"source": str(path), "arch": info.arch, "dataset": info.dataset, "width": width, "seed": info.seed}
 
-    variants = [("chunk", False)] + ([("chunk", True)] if cfg.rescale else [])
+    scalings = [False, True] if cfg.rescale else [False]
     readouts = {(s, rescaled): tuple(t.to(device) for t in accuracy.head_readouts(weight, bias, acc_chunks[s], rescaled))
-                for s in sizes for _, rescaled in variants}
+                for s in sizes for rescaled in scalings}
     moments: dict[str, reconstruction.Moments] = {}
     ii_rows: np.ndarray | None = None
     x_ii: np.ndarray | None = None

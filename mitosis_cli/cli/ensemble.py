@@ -18,10 +18,6 @@ if TYPE_CHECKING:
     from mitosis_cli.io.activations import ActivationInfo
     from mitosis_cli.io.ensemble_tables import EnsembleRows, MemberSet
 
-# Input shapes of the registered data sets, to count a member's parameters from its training config.
-_INPUT_SHAPES = {"mnist5k": (1, 28, 28), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "kmnist": (1, 28, 28),
-                 "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
-_SYNTHETIC_DIM = 784  # builtin.hidden_manifold's default input_dim
 # Stream tags keep the random draws of ensembles and of chunks independent of each other and of other options.
 _ENSEMBLE_STREAM, _CHUNK_STREAM = 0, 1
 
@@ -40,37 +36,22 @@ def _int_list(text: Optional[str], option: str) -> list[int] | None:
     return sorted(set(values))
 
 
-def _input_shape(dataset: str) -> tuple[int, ...] | None:
-    name, _, opts = dataset.partition(":")
-    if name != "synthetic":
-        return _INPUT_SHAPES.get(name)
-    for item in opts.split(","):
-        key, _, value = item.partition("=")
-        if key == "d" and value.isdigit():
-            return (int(value),)
-    return (_SYNTHETIC_DIM,)
-
-
 def _member_params(info: ActivationInfo, params_per_width: float | None) -> float | None:
     """Parameters of one member: `--params-per-width` x W when given, else counted from the training config."""
     if params_per_width is not None:
         return params_per_width * info.width
     cfg = info.config
-    shape = _input_shape(str(cfg.get("dataset", "")))
-    if shape is None or not all(cfg.get(key) is not None for key in ("arch", "width", "depth")):
+    if not all(cfg.get(key) is not None for key in ("dataset", "arch", "width", "depth")):
         return None
-    import torch
-
+    from mitosis_cli.data.registry import dataset_input_shape
     from mitosis_cli.errors import InputError
-    from mitosis_cli.models.registry import DEFAULT_ENDING, ModelSpec, build_model
+    from mitosis_cli.models.registry import DEFAULT_ENDING, ModelSpec, count_parameters
 
     spec = ModelSpec(cfg["arch"], int(cfg["width"]), int(cfg["depth"]), cfg.get("ending") or DEFAULT_ENDING.get(cfg["arch"], "relu"))
     try:
-        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-            model = build_model(spec, shape, info.num_classes)
+        return float(count_parameters(spec, dataset_input_shape(str(cfg["dataset"])), info.num_classes))
     except InputError:
         return None
-    return float(sum(p.numel() for p in model.parameters()))
 
 
 def _measure(

@@ -27,6 +27,7 @@ class DatasetSpec:
     augmentable: bool = False  # the paper's crop + flip applies (CIFAR)
     torchvision_class: str = ""
     expected_files: str = ""  # what a local folder must hold, for the error message
+    input_shape: tuple[int, ...] = (1, 28, 28)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -47,9 +48,10 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("kmnist", "Kuzushiji-MNIST (local torchvision folder)", 10, (0.1918,), (0.3483,), False, "KMNIST",
                     "KMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte"),
         DatasetSpec("cifar10", "CIFAR-10 (local torchvision folder)", 10, (0.4914, 0.4822, 0.4465),
-                    (0.2470, 0.2435, 0.2616), True, "CIFAR10", "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}"),
+                    (0.2470, 0.2435, 0.2616), True, "CIFAR10", "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+                    (3, 32, 32)),
         DatasetSpec("cifar100", "CIFAR-100 (local torchvision folder)", 100, (0.5071, 0.4865, 0.4409),
-                    (0.2673, 0.2564, 0.2762), True, "CIFAR100", "cifar-100-python/{train,test,meta}"),
+                    (0.2673, 0.2564, 0.2762), True, "CIFAR100", "cifar-100-python/{train,test,meta}", (3, 32, 32)),
     )
 }
 
@@ -95,6 +97,16 @@ def _images_to_tensor(images: np.ndarray, mean: tuple[float, ...], std: tuple[fl
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
     return ((x - m) / s).contiguous()
+
+
+def dataset_input_shape(name: str) -> tuple[int, ...]:
+    """Shape of one input of data set `name` (without loading it)."""
+    key = name.split(":", 1)[0]
+    if key not in DATASETS:
+        raise InputError(f"unknown data set {name!r}", hint=f"choose one of: {', '.join(DATASETS)}")
+    if key == "synthetic":
+        return (_parse_synthetic(name).get("input_dim", 784),)
+    return DATASETS[key].input_shape
 
 
 def resolve_data_dir(data_dir: Path | None) -> Path | None:

@@ -84,3 +84,12 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int)
     if spec.arch == "wrn":
         return WideResNet(input_shape[0], spec.width, num_classes, spec.depth, spec.ending)
     return DenseNetBC(input_shape[0], _densenet_growth(spec), num_classes, spec.depth, spec.ending)
+
+
+def count_parameters(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Number of trainable parameters of `spec`, counted on the meta device (no memory, no init)."""
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(spec, input_shape, num_classes)
+    return sum(p.numel() for p in model.parameters())

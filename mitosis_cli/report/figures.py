@@ -53,17 +53,24 @@ def network_keys(*frames: Frame | None) -> list[NetworkKey]:
 
 
 def select_network(frame: Frame | None, key: NetworkKey, epoch: float | None = None) -> Frame | None:
-    """Rows of one network; at `epoch`, or at the latest epoch analysed when the table spans several."""
+    """Rows of one network: at `epoch` when given; otherwise the trained networks' rows.
+
+    Rows of unknown epoch come from the final activation files (acts.h5) and are preferred; a network
+    analysed only at named epochs is shown at its latest one.
+    """
     if frame is None:
         return None
     arch, dataset, width = key
     rows = frame.where(arch=arch, dataset=dataset, width=width)
-    if rows.has("epoch") and len(rows):
-        epochs = rows["epoch"]
-        wanted = epoch if epoch is not None else (np.nanmax(epochs) if np.isfinite(epochs).any() else None)
-        if wanted is not None:
-            rows = rows.filter(epochs == wanted)
-    return rows
+    if not rows.has("epoch") or not len(rows):
+        return rows
+    epochs = rows["epoch"]
+    if epoch is not None:
+        return rows.filter(epochs == epoch)
+    known = np.isfinite(epochs)
+    if known.all():
+        return rows.filter(epochs == epochs.max())
+    return rows.filter(~known)
 
 
 def network_epochs(frame: Frame | None, key: NetworkKey) -> list[float]:
@@ -159,15 +166,17 @@ def excess_constant(summary: Frame | None, excess: Curve, clone_size: float | No
     """
     estimate = source_estimate(summary, "excess_error_c")
     if estimate is not None and estimate.value > 0:
-        return estimate.value, "from the clones summary"
+        return estimate.value, "from summary"
     points = excess.positive()
+    origin = "fitted over all sizes"
     if clone_size is not None:
         above = points.x >= clone_size
         if above.any():
             points = Curve(points.x[above], points.mean[above], points.sem[above], points.n[above])
+            origin = "fitted above $w_c^*$"
     if not len(points):
         return None
-    return float(np.exp(np.mean(np.log(points.mean) + 0.5 * np.log(points.x)))), "fitted above $w_c^*$"
+    return float(np.exp(np.mean(np.log(points.mean) + 0.5 * np.log(points.x)))), origin
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,7 +195,7 @@ def _mark_clone_size(ax: Axes, clone: Estimate | None, label: bool = False) -> N
     if np.isfinite(clone.lo) and np.isfinite(clone.hi) and clone.hi > clone.lo:
         ax.axvspan(clone.lo, clone.hi, color=style.SHADE, alpha=0.35, lw=0, gid="clone-size-interval")
     ax.axvline(clone.value, color=style.NEUTRAL, ls="--", lw=0.9, gid="clone-size",
-               label=f"clone size $w_c^*$ = {clone.value:g}" if label else None)
+               label=f"clone size $w_c^*$ = {clone.value:.3g}" if label else None)
 
 
 def _no_data(ax: Axes, what: str) -> None:
@@ -230,8 +239,8 @@ def network_panels(key: NetworkKey, clones: Frame | None, summary: Frame | None,
             ax.set_title(f"({letter})", loc="left", fontweight="bold")
         title = network_label(key)
         if clone_value is not None:
-            spread = f" [{clone.lo:g}, {clone.hi:g}]" if np.isfinite(clone.lo) and np.isfinite(clone.hi) else ""
-            title += f"  —  clone size $w_c^*$ = {clone_value:g}{spread}, {key[2] / clone_value:.3g} clones"
+            spread = f" [{clone.lo:.3g}, {clone.hi:.3g}]" if np.isfinite(clone.lo) and np.isfinite(clone.hi) else ""
+            title += f"  —  clone size $w_c^*$ = {clone_value:.3g}{spread}, {key[2] / clone_value:.3g} clones"
         fig.suptitle(title, fontsize=9)
     return fig
 
@@ -425,6 +434,7 @@ def information_imbalance(clones: Frame, summary: Frame | None, keys: Sequence[N
             ax.set_ylabel(ylabel)
             ax.set_ylim(-0.02, 1.05)
         for ax in axes:
+            ax.tick_params(labelleft=True)  # shared y, but each panel is read on its own
             if ax.has_data():
                 _chunk_axis(ax, sorted(sizes))
             else:
@@ -476,70 +486,112 @@ def _accuracy_curve(rows: Frame, x: np.ndarray, from_error: bool) -> Curve:
     return Curve(curve.x, 1.0 - curve.mean, curve.sem, curve.n) if from_error else curve
 
 
+def _width_colours(widths: Sequence[float]) -> dict[float, str]:
+    ordered = sorted(widths)
+    colours = style.sequential(len(ordered)) if len(ordered) > len(style.PALETTE) else [style.colour(i) for i in range(len(ordered))]
+    return dict(zip(ordered, colours))
+
+
+def _log2_axis(ax: Axes, seen: set[float], xlabel: str, ylabel: str) -> None:
+    ax.set_xscale("log", base=2)
+    style.power_of_two_ticks(ax.xaxis, sorted(seen))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
 def ensemble_accuracy(ensemble: Frame) -> Figure:
-    """(a) Test accuracy against the number of members, one line per member width, the wide networks as
-    widest single network as reference; (b) the same against total width (members x W) with the single
-    networks placed at their own width, beside the ensembles of equal total width; (c) the loss
-    decomposition of the pool against width, when present."""
-    bias_variance = ensemble.where(kind="bias-variance")
-    panels = 3 if len(bias_variance) else 2
+    """Ensembles of networks (logits summed) against single wide networks.
+
+    (a) Test accuracy against the number of members, one line per member width, with the widest single
+    network and 1 - error_inf as references; (b) the same against the total width members x W, with
+    every single network at its own width and the averaged chunks of the widest network; (c) the
+    chunks' internal ensemble against the number of chunks, one line per chunk size; (d) the loss of
+    the pool split into bias and variance, against width. (c) and (d) appear when their rows exist.
+    """
+    ensembles, ensemble_from_error = _accuracy_rows(ensemble, "ensemble")
+    chunks, chunks_from_error = _accuracy_rows(ensemble, "chunk-average")
+    wide, wide_from_error = _accuracy_rows(ensemble, "wide")
+    bias_variance = ensemble.where(kind="bias-variance", split="test")
+    error_inf = ensemble.where(kind="error-inf", metric="error", split="test")
+    extra = [p for p, rows in (("chunks", chunks), ("bias-variance", bias_variance)) if len(rows)]
+    accuracy_label = "test accuracy (fraction)"
     with style.report_style():
-        fig, axes = plt.subplots(1, panels, figsize=(style.FULL_WIDTH, 2.7), layout="constrained")
+        if extra:
+            fig, grid = plt.subplots(2, 2, figsize=(style.FULL_WIDTH, 5.2), layout="constrained")
+            axes = list(grid.ravel())
+            if len(extra) == 1:
+                axes[3].remove()
+                axes = axes[:3]
+        else:
+            fig, grid = plt.subplots(1, 2, figsize=(style.FULL_WIDTH, 2.7), layout="constrained")
+            axes = list(grid)
         ax_members, ax_total = axes[0], axes[1]
+        colour_of = _width_colours(ensembles.unique("width"))
         members_seen: set[float] = set()
         totals_seen: set[float] = set()
-        line_kinds = [("ensemble", "ensemble of W = {w:g}", "-"), ("chunk-average", "chunks of W = {w:g} averaged", ":")]
-        widths = sorted({w for kind, _, _ in line_kinds for w in _accuracy_rows(ensemble, kind)[0].unique("width")})
-        colour_of = {w: c for w, c in zip(widths, style.sequential(len(widths)) if len(widths) > 5 else [style.colour(i) for i in range(len(widths))])}
-        for kind, label, linestyle in line_kinds:
-            rows, from_error = _accuracy_rows(ensemble, kind)
-            for (width,), group in rows.groups(["width"]):
-                if width is None:
-                    continue
-                curve = _accuracy_curve(group, group["members"], from_error)
-                colour = colour_of.get(width, style.NEUTRAL)
-                _errorbar(ax_members, curve, f"{kind}:{width:g}", label.format(w=width), colour, ls=linestyle)
-                total = Curve(curve.x * width, curve.mean, curve.sem, curve.n)
-                _errorbar(ax_total, total, f"{kind}-total:{width:g}", label.format(w=width), colour, ls=linestyle)
-                members_seen.update(curve.x.tolist())
-                totals_seen.update(total.x.tolist())
-        wide, wide_from_error = _accuracy_rows(ensemble, "wide")
+        for (width,), group in ensembles.groups(["width"]):
+            if width is None:
+                continue
+            curve = _accuracy_curve(group, group["members"], ensemble_from_error)
+            _errorbar(ax_members, curve, f"ensemble:{width:g}", f"ensemble of W = {width:g}", colour_of[width])
+            total = Curve(curve.x * width, curve.mean, curve.sem, curve.n)
+            _errorbar(ax_total, total, f"ensemble-total:{width:g}", f"ensemble of W = {width:g}", colour_of[width])
+            members_seen.update(curve.x.tolist())
+            totals_seen.update(total.x.tolist())
+        chunk_sizes = chunks.unique("width")
+        chunk_colour = dict(zip(chunk_sizes, style.sequential(len(chunk_sizes))))
+        for index, ((width,), group) in enumerate(chunks.groups(["width"])):
+            curve = _accuracy_curve(group, group["members"], chunks_from_error)
+            total = Curve(curve.x * width, curve.mean, curve.sem, curve.n)
+            # One legend entry for the whole family: the lines differ only by chunk size, shown in (c).
+            _errorbar(ax_total, total, f"chunk-average-total:{width:g}",
+                      "chunks of the widest network, averaged" if index == 0 else "", chunk_colour[width],
+                      ls=":", lw=0.9, ms=2.5, alpha=0.8)
+            totals_seen.update(total.x.tolist())
         if len(wide):
             points = _accuracy_curve(wide, wide["width"], wide_from_error)
             container = ax_total.errorbar(points.x, points.mean, yerr=points.sem, marker="D", ms=4.5, ls="none",
-                                          color=style.NEUTRAL, label="single wide network", elinewidth=0.8, zorder=3)
+                                          color=style.NEUTRAL, label="single network", elinewidth=0.8, zorder=3)
             container.lines[0].set_gid("wide")
             totals_seen.update(points.x.tolist())
             # Panel (a) gets the widest single network as its reference line; (b) places every width.
             ax_members.axhline(points.mean[-1], color=style.NEUTRAL, lw=0.8, ls="--", gid=f"wide-reference:{points.x[-1]:g}",
                                label=f"single network, W = {points.x[-1]:g}")
-        error_inf = ensemble.where(kind="error-inf", metric="error", split="test")
         if len(error_inf):
             for ax in (ax_members, ax_total):
                 ax.axhline(1 - float(np.mean(error_inf["value"])), color=style.NEUTRAL, lw=0.8, ls=":", gid="accuracy-inf",
-                           label=r"1 $-$ error$_\infty$" if ax is ax_total else None)
-        for ax, seen, xlabel in ((ax_members, members_seen, "members in the ensemble"),
-                                 (ax_total, totals_seen, "total width: members $\\times$ W (neurons)")):
+                           label=r"1 $-$ error$_\infty$")
+        for ax, seen, xlabel, title in (
+                (ax_members, members_seen, "members in the ensemble", "(a) accuracy against ensemble size"),
+                (ax_total, totals_seen, "total width: members $\\times$ W (neurons)", "(b) ensembles beside single networks")):
+            ax.set_title(title, loc="left", fontsize=8)
             if not ax.has_data():
                 _no_data(ax, "ensemble accuracy")
                 continue
-            ax.set_xscale("log", base=2)
-            style.power_of_two_ticks(ax.xaxis, sorted(seen))
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("test accuracy (fraction)")
-        ax_members.set_title("(a) accuracy against ensemble size", loc="left", fontsize=8)
-        ax_total.set_title("(b) ensembles beside wide networks", loc="left", fontsize=8)
-        for ax in (ax_members, ax_total):
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(loc="lower right")
-        if panels == 3:
-            _bias_variance_panel(axes[2], bias_variance)
+            _log2_axis(ax, seen, xlabel, accuracy_label)
+            ax.legend(loc="lower right")
+        panel = iter(axes[2:])
+        if len(chunks):
+            _chunk_average_panel(next(panel), chunks, chunks_from_error, chunk_colour)
+        if len(bias_variance):
+            _bias_variance_panel(next(panel), bias_variance, "(d)" if len(chunks) else "(c)")
     return fig
 
 
-def _bias_variance_panel(ax: Axes, rows: Frame) -> None:
+def _chunk_average_panel(ax: Axes, chunks: Frame, from_error: bool, colour_of: dict[float, str]) -> None:
+    """Accuracy of the internal ensemble: K disjoint chunks of one network, logits summed."""
+    seen: set[float] = set()
+    for (width,), group in chunks.groups(["width"]):
+        curve = _accuracy_curve(group, group["members"], from_error)
+        _errorbar(ax, curve, f"chunk-average:{width:g}", f"$w_c$ = {width:g}", colour_of[width], ms=2.5)
+        seen.update(curve.x.tolist())
+    _log2_axis(ax, seen, "chunks averaged", "test accuracy (fraction)")
+    ax.set_title("(c) chunks of the widest network as an ensemble", loc="left", fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), title="chunk size", title_fontsize=6.5)
+
+
+def _bias_variance_panel(ax: Axes, rows: Frame, letter: str) -> None:
     """Loss, bias and variance of the whole pool of networks against their width (one value per width)."""
-    rows = rows.where(split="test")
     widths_seen: set[float] = set()
     for index, (metric, linestyle) in enumerate((("loss", "-"), ("bias", "--"), ("variance", ":"))):
         group = rows.where(metric=metric)
@@ -555,7 +607,7 @@ def _bias_variance_panel(ax: Axes, rows: Frame) -> None:
     style.power_of_two_ticks(ax.xaxis, sorted(widths_seen))
     ax.set_xlabel("width $W$ of the networks (neurons)")
     ax.set_ylabel("test cross-entropy (nats)")
-    ax.set_title("(c) loss = bias + variance", loc="left", fontsize=8)
+    ax.set_title(f"{letter} loss = bias + variance", loc="left", fontsize=8)
     ax.legend(loc="upper right")
 
 
@@ -616,12 +668,15 @@ def metrics_over_training(key: NetworkKey, clones: Frame | None, summary: Frame 
                 continue
             for size, colour in zip(sorted(by_size), style.sequential(len(by_size))):
                 e, m, s = (np.array(v) for v in zip(*by_size[size]))
-                container = ax.errorbar(e, m, yerr=s, marker="o", color=colour, label=f"$w_c$ = {size:g}", elinewidth=0.8)
+                container = ax.errorbar(e, m, yerr=s, marker="o", color=colour, label=f"{size:g}", elinewidth=0.8)
                 container.lines[0].set_gid(f"{gid}:{size:g}")
             ax.set_xlabel("epoch of the analysed checkpoint")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(ylabel)
-        if axes[0].has_data():
-            axes[0].legend(loc="upper right", ncol=2)
+        for ax in axes:
+            if ax.has_data() and len(epochs) <= 10:
+                ax.set_xticks(epochs)  # the analysed checkpoints themselves
+        handles, labels = axes[0].get_legend_handles_labels() if axes[0].has_data() else axes[1].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside right upper", title="chunk size", title_fontsize=6.5)
         fig.suptitle(f"{network_label(key)}: chunks during training", fontsize=9)
     return fig

@@ -10,8 +10,6 @@ from mitosis_cli.report.frame import Curve
 from mitosis_cli.report.figures import (
     chunk_error_curve,
     error_inf_for,
-    metric_curve,
-    network_epochs,
     network_keys,
     select_network,
     source_estimate,
@@ -45,6 +43,7 @@ def network_table(inputs: ReportInputs) -> SummaryTable | None:
     if not keys:
         return None
     rows = []
+    rules: list[str] = []
     for key in keys:
         clones = select_network(inputs.clones, key)
         summary = select_network(inputs.summary, key)
@@ -59,25 +58,25 @@ def network_table(inputs: ReportInputs) -> SummaryTable | None:
             clone_text = _fmt(clone.value)
             if np.isfinite(clone.lo) and np.isfinite(clone.hi):
                 clone_text += f" [{_fmt(clone.lo)}, {_fmt(clone.hi)}]"
-            if clone.rule:
-                clone_text += f" ({clone.rule})"
+            if clone.rule and clone.rule not in rules:
+                rules.append(clone.rule)
         count = n_clones.value if n_clones is not None else (key[2] / clone.value if clone is not None and clone.value > 0 else None)
-        epochs = network_epochs(inputs.clones, key) or network_epochs(inputs.summary, key)
-        r2 = metric_curve(clones, summary, "reconstruction_r2", "test")
+        epochs = [e for frame in (clones, summary) if frame is not None and frame.has("epoch") for e in frame.unique("epoch")]
         rows.append((
             key[0], key[1], str(key[2]), str(len(sources)),
-            f"{_fmt(max(epochs), 6)}" if epochs else "–",
+            _fmt(max(epochs), 6) if epochs else "final",
             clone_text, _fmt(count),
             _fmt(_at(chunk_error_curve(clones, summary, "test"), key[2]), 4),
             _fmt(error_inf_for(summary, inputs.ensemble, key[2]), 4),
-            _fmt(_at(r2, clone.value) if clone is not None else None, 3),
         ))
+    note = "Clone size and number of clones from the clones summary (mean over sources, widest interval); " \
+           "test error is that of the chunk of size W, the whole layer."
+    if rules:
+        note += " Clone size rule: " + "; ".join(rules) + "."
     return SummaryTable(
         "Clones per network",
-        ("arch", "dataset", "W", "sources", "epoch", "clone size w_c* [interval] (rule)", "clones", "test error (full layer)",
-         "error_∞", "R² at w_c*"),
-        rows,
-        "Clone size and number of clones from the clones summary; test error is the chunk of size W (the whole layer).",
+        ("arch", "dataset", "W", "sources", "epoch", "clone size w_c* [interval]", "clones", "test error (whole layer)", "error_∞"),
+        rows, note,
     )
 
 
@@ -108,14 +107,15 @@ def ensemble_table(inputs: ReportInputs) -> SummaryTable | None:
         return None
     rows = []
     for (kind, width), group in ensemble.where(split="test", metric="accuracy").groups(["kind", "width"]):
-        if kind not in ("ensemble", "wide", "chunk-average") or width is None:
+        if kind not in ("ensemble", "wide") or width is None:
             continue
         members = group["members"]
         most = np.nanmax(members) if np.isfinite(members).any() else float("nan")
         at_most = group.filter(members == most) if np.isfinite(most) else group
         values = at_most["value"]
         sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-        rows.append((str(kind), _fmt(width, 6), _fmt(most, 6), f"{_fmt(values.mean(), 4)} ± {_fmt(sem, 2)}"))
+        spread = f" ± {_fmt(sem, 2)}" if np.isfinite(sem) else ""  # one draw: no standard error
+        rows.append((str(kind), _fmt(width, 6), _fmt(most, 6), f"{_fmt(values.mean(), 4)}{spread}"))
     if not rows:
         return None
     return SummaryTable("Ensembles", ("kind", "W", "members", "test accuracy (± sem)"), rows,

@@ -62,3 +62,13 @@ def test_unreachable_specs(spec: ModelSpec, message: str) -> None:
 def test_cnn_needs_images() -> None:
     with pytest.raises(InputError, match="image inputs"):
         build_model(ModelSpec("wrn", 64, 16, "batchnorm"), (784,), 10)
+
+
+def test_count_parameters_matches_the_mlp_formula() -> None:
+    from mitosis_cli.data.registry import dataset_input_shape
+    from mitosis_cli.models.registry import count_parameters
+
+    w = 48
+    expected = (784 * w + w) + (w * w + w) + (w * 10 + 10)
+    assert count_parameters(ModelSpec("mlp", w, 2, "relu"), dataset_input_shape("mnist5k"), 10) == expected
+    assert dataset_input_shape("synthetic:d=30") == (30,) and dataset_input_shape("cifar100") == (3, 32, 32)
