@@ -143,25 +143,30 @@ def ridge_from_moments(moments: Moments, chunk: np.ndarray | torch.Tensor, alpha
 
 
 def _residual_correlations(moments: Moments, chunk: torch.Tensor, z: torch.Tensor) -> tuple[float, float]:
-    """Mean |off-diagonal correlation| and RMS off-diagonal correlation of the residuals outside the chunk."""
+    """Mean |off-diagonal correlation| and RMS off-diagonal correlation of the residuals outside the chunk.
+
+    The residual variances (diagonal of the Schur complement) come first, from column norms of Z, so
+    the correlation matrix D (S_cc - Z_c^T Z_c) D = D S_cc D - (Z_c D)^T (Z_c D) is built in one gather,
+    one scaling and one GEMM.
+    """
     width = moments.dim
     outside = torch.ones(width, dtype=torch.bool, device=z.device)
     outside[chunk] = False
     rest = outside.nonzero().squeeze(1)
     z_rest = z.index_select(1, rest)
-    resid_cov = moments.scatter.index_select(0, rest).index_select(1, rest)
-    resid_cov.addmm_(z_rest.T, z_rest, alpha=-1.0)  # Schur complement S_cc - S_cS A^-1 S_Sc
-    var = resid_cov.diagonal()
-    keep = var > _DEGENERATE * moments.scatter.diagonal().index_select(0, rest)
+    total_var = moments.scatter.diagonal().index_select(0, rest)
+    var = total_var - torch.linalg.vector_norm(z_rest, dim=0).square()
+    keep = var > _DEGENERATE * total_var
     if not bool(keep.all()):
-        kept = keep.nonzero().squeeze(1)
-        resid_cov = resid_cov.index_select(0, kept).index_select(1, kept)
-        var = resid_cov.diagonal()
-    m = int(var.shape[0])
+        rest, z_rest, var = rest[keep], z_rest[:, keep], var[keep]
+    m = int(rest.shape[0])
     if m < 2:
         return float("nan"), float("nan")
     inv_sd = var.rsqrt()
-    corr = resid_cov.mul_(inv_sd[:, None]).mul_(inv_sd[None, :])
+    z_rest = z_rest * inv_sd
+    corr = moments.scatter[rest[:, None], rest[None, :]]
+    corr.mul_(torch.outer(inv_sd, inv_sd))
+    corr.addmm_(z_rest.T, z_rest, alpha=-1.0)
     diag = corr.diagonal()
     pairs = m * (m - 1)
     abs_sum = torch.linalg.vector_norm(corr, ord=1) - diag.abs().sum()
@@ -267,7 +272,7 @@ def reconstruction_scores(
             continue
         idx = torch.as_tensor(chunk, device=device)
         ridge = ridge_from_moments(moments, idx, alpha)
-        rss = total - float(ridge.z.square().sum()) - alpha * float(ridge.coef.square().sum())
+        rss = total - float(torch.linalg.vector_norm(ridge.z)) ** 2 - alpha * float(torch.linalg.vector_norm(ridge.coef)) ** 2
         r2[i] = 1.0 - rss / total
         if correlations:
             abs_corr[i], frob_corr[i] = _residual_correlations(moments, idx, ridge.z)

@@ -16,7 +16,7 @@ from typer.exceptions import TyperException
 from rich.markup import escape
 
 from mitosis_cli import __version__
-from mitosis_cli.cli import clones, demo, ensemble, extract, report, train
+from mitosis_cli.cli import clones, demo, ensemble, extract, report, sweep, train
 from mitosis_cli.cli.console import stderr
 from mitosis_cli.errors import PREEMPTED_EXIT_CODE, InputError, Preempted
 
@@ -48,7 +48,7 @@ def root(
     _debug["on"] = debug
 
 
-for module in (train, extract, clones, ensemble, report, demo):
+for module in (train, extract, clones, ensemble, report, sweep, demo):
     module.register(app)
 
 

@@ -569,7 +569,13 @@ def ensemble_accuracy(ensemble: Frame) -> Figure:
                 _no_data(ax, "ensemble accuracy")
                 continue
             _log2_axis(ax, seen, xlabel, accuracy_label)
-            ax.legend(loc="lower right")
+        # (b) repeats (a)'s colours: its legend names only what (a) does not show.
+        shown = set(ax_members.get_legend_handles_labels()[1])
+        for ax, keep in ((ax_members, None), (ax_total, shown)):
+            handles, labels = ax.get_legend_handles_labels()
+            pairs = [(h, lab) for h, lab in zip(handles, labels) if keep is None or lab not in keep]
+            if pairs:
+                ax.legend(*zip(*pairs), loc="lower right")
         panel = iter(axes[2:])
         if len(chunks):
             _chunk_average_panel(next(panel), chunks, chunks_from_error, chunk_colour)
@@ -608,7 +614,7 @@ def _bias_variance_panel(ax: Axes, rows: Frame, letter: str) -> None:
     ax.set_xlabel("width $W$ of the networks (neurons)")
     ax.set_ylabel("test cross-entropy (nats)")
     ax.set_title(f"{letter} loss = bias + variance", loc="left", fontsize=8)
-    ax.legend(loc="upper right")
+    ax.legend(loc="best")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -677,6 +683,6 @@ def metrics_over_training(key: NetworkKey, clones: Frame | None, summary: Frame 
                 ax.set_xticks(epochs)  # the analysed checkpoints themselves
         handles, labels = axes[0].get_legend_handles_labels() if axes[0].has_data() else axes[1].get_legend_handles_labels()
         if handles:
-            fig.legend(handles, labels, loc="outside right upper", title="chunk size", title_fontsize=6.5)
+            fig.legend(handles, labels, loc="outside right upper", title="$w_c$ (neurons)", title_fontsize=6.5)
         fig.suptitle(f"{network_label(key)}: chunks during training", fontsize=9)
     return fig

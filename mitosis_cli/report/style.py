@@ -99,11 +99,15 @@ def plain_log_ticks(axis: matplotlib.axis.Axis) -> None:
 
 def power_of_two_ticks(axis: matplotlib.axis.Axis, values: Sequence[float]) -> None:
     """Label a log2 axis at the given values with plain integers (16, 32, 64...) rather than 2^k."""
-    ticks: list[float] = []
-    for value in sorted({float(v) for v in values if v > 0}):
-        # Labels closer than ~0.7 octave collide at column width (e.g. 3 beside 4): keep the first.
-        if not ticks or np.log2(value) - np.log2(ticks[-1]) >= 0.7:
+    candidates = sorted({float(v) for v in values if v > 0})
+    powers = [v for v in candidates if float(np.log2(v)).is_integer()]
+    ticks = list(powers)
+    for value in candidates:
+        # Labels closer than half an octave collide at column width (3 beside 4, 96 beside 128):
+        # powers of two win, other values are labelled only where there is room.
+        if value not in ticks and all(abs(np.log2(value) - np.log2(t)) >= 0.5 for t in ticks):
             ticks.append(value)
+    ticks.sort()
     if len(ticks) > 9:  # keep at most ~9 labels: every other one
         ticks = ticks[::2]
     axis.set_ticks(ticks)

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Polygon, Rectangle
+from matplotlib.patches import Polygon
 
 from mitosis_cli.report import figures as F
 from mitosis_cli.report.frame import Frame
@@ -222,3 +222,34 @@ def test_chunk_metrics_over_training_one_point_per_epoch(tmp_path) -> None:
     # The panel set of the network uses the latest epoch only.
     latest = F.select_network(clones, key)
     assert latest.unique("epoch") == [50.0]
+
+
+def test_fit_rows_over_several_architectures_apply_to_each() -> None:
+    # `mitosis clones` labels a fit over several files "mlp,wrn"; each family's points get that fit.
+    rows = T.summary_rows(T.clones_rows(64, clone_size=16, repeats=2), 16, 8, 32)
+    rows += T.cross_rows(critical_width=24.0, slope=0.05, arch="mlp,wrn")
+    fig = F.clones_vs_width(frame(rows, T.SUMMARY_SCHEMA))
+    np.testing.assert_allclose(line(fig, "critical-width:mlp:mnist5k").get_xdata(), 24.0)
+
+
+def test_the_single_error_inf_of_the_widest_networks_serves_every_width() -> None:
+    ensemble = frame([{"kind": "error-inf", "width": 1024, "members": 8, "repeat": 0, "split": "test", "metric": "error",
+                       "value": 0.03}], T.ENSEMBLE_SCHEMA)
+    assert F.error_inf_for(None, ensemble, 64) == 0.03
+
+
+def test_final_networks_are_preferred_to_intermediate_epochs(tmp_path) -> None:
+    rows = T.clones_rows(32, clone_size=8, source="runs/w32/acts.h5", repeats=2)
+    rows += T.clones_rows(32, clone_size=16, source="runs/w32/acts-epoch-0005.h5", repeats=2)
+    clones = load_inputs([T.write_rows(tmp_path / "clones.parquet", rows, T.CLONES_SCHEMA, "clones")]).clones
+    assert F.select_network(clones, ("mlp", "mnist5k", 32)).unique("source") == ["runs/w32/acts.h5"]
+
+
+def test_chunk_average_rows_get_their_own_panel() -> None:
+    rows = T.ensemble_rows(widths=(64,), members=(1, 2), repeats=2)
+    rows += [{"kind": "chunk-average", "width": w, "members": k, "repeat": 0, "split": "test", "metric": "accuracy", "value": 0.5 + 0.01 * k}
+             for w in (8, 16) for k in (1, 2, 4)]
+    fig = F.ensemble_accuracy(frame(rows, T.ENSEMBLE_SCHEMA))
+    assert len(fig.axes) == 4
+    np.testing.assert_allclose(line(fig, "chunk-average:16").get_xdata(), [1, 2, 4])
+    np.testing.assert_allclose(line(fig, "chunk-average-total:16").get_xdata(), [16, 32, 64])
