@@ -60,11 +60,18 @@ def _machine() -> str:
 
 
 def _peak_rss_mib(code: str) -> float:
-    """Peak RSS (MiB) of a child Python process running `code`."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-c", code], check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(after, before) / 1024  # ru_maxrss of children is the max over all waited children (KiB)
+    """Peak RSS (MiB) of a fresh Python process running `code`, read from its own VmHWM at exit.
+
+    (getrusage's ru_maxrss would include the RSS of this forked parent before the exec.)
+    """
+    wrapped = ("import atexit\n"
+               "def _hwm():\n"
+               "    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+               "    print('VMHWM', int(line.split()[1]), flush=True)\n"
+               "atexit.register(_hwm)\n" + code)
+    out = subprocess.run([sys.executable, "-c", wrapped], check=False, capture_output=True, text=True).stdout
+    kib = next(int(line.split()[1]) for line in out.splitlines() if line.startswith("VMHWM"))
+    return kib / 1024
 
 
 def main() -> None:
@@ -76,6 +83,7 @@ def main() -> None:
     ap.add_argument("--max-size", type=int, default=None, help="largest chunk size (default W)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--command", action="store_true", help="also run `mitosis clones` and measure its peak memory")
+    ap.add_argument("--only-command", action="store_true", help="skip the R^2 comparison; just the --command part")
     args = ap.parse_args()
 
     import torch
@@ -86,6 +94,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     x = _features(args.n, args.width, 64, seed=0)
+    if args.only_command:
+        print(_command_line(x, args.repeats))
+        return
     sizes = [s for s in default_sizes(args.width) if s <= (args.max_size or args.width)]
     chunks = {s: draw_chunks(args.width, s, args.repeats, seed=0) for s in sizes}
 
@@ -127,23 +138,27 @@ def main() -> None:
         f"max |mean abs corr difference| {max_dcorr:.1e} on the timed chunks",
     ]
     if args.command:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "acts.h5"
-            _write_acts(path, x)
-            imports = ("import torch, h5py, pyarrow, numpy, mitosis_cli.cli.app, mitosis_cli.analysis.reconstruction, "
-                       "mitosis_cli.analysis.accuracy, mitosis_cli.analysis.information_imbalance")
-            base = _peak_rss_mib(imports)
-            t = time.perf_counter()
-            cmd = ("import sys; from mitosis_cli.cli.app import main; "
-                   f"sys.exit(main(['clones', {str(path)!r}, '-q', '--device', 'cpu', '--repeats', '{args.repeats}', "
-                   "'--ii-points', '0']))")
-            peak = _peak_rss_mib(cmd)
-            t_cmd = time.perf_counter() - t
-        feat = x.nbytes / 2**20
-        lines.append(f"- `mitosis clones` (test split only, --ii-points 0, every other measurement on): {t_cmd:.0f} s, "
-                     f"peak RSS {peak:.0f} MiB, {peak - base:.0f} MiB above the {base:.0f} MiB of its imports "
-                     f"= {(peak - base) / feat:.2f}x the {feat:.0f} MiB feature matrix")
+        lines.append(_command_line(x, args.repeats))
     print("\n".join(lines))
+
+
+def _command_line(x: np.ndarray, repeats: int) -> str:
+    """Run `mitosis clones` on `x` written as a test split; its time and peak memory above its imports."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "acts.h5"
+        _write_acts(path, x)
+        imports = ("import torch, h5py, pyarrow, numpy, mitosis_cli.cli.app, mitosis_cli.analysis.reconstruction, "
+                   "mitosis_cli.analysis.accuracy, mitosis_cli.analysis.information_imbalance, mitosis_cli.io.clone_tables")
+        base = _peak_rss_mib(imports)
+        t = time.perf_counter()
+        cmd = ("import sys; from mitosis_cli.cli.app import main; "
+               f"code = main(['clones', {str(path)!r}, '-q', '--device', 'cpu', '--repeats', '{repeats}', '--ii-points', '0'])")
+        peak = _peak_rss_mib(cmd)
+        t_cmd = time.perf_counter() - t
+    feat = x.nbytes / 2**20
+    return (f"- `mitosis clones` (test split only, --ii-points 0, every other measurement on): {t_cmd:.0f} s, "
+            f"peak RSS {peak:.0f} MiB, {peak - base:.0f} MiB above the {base:.0f} MiB of its imports "
+            f"= {(peak - base) / feat:.2f}x the {feat:.0f} MiB feature matrix")
 
 
 def _write_acts(path: Path, x: np.ndarray) -> None:

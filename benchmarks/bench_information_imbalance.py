@@ -55,9 +55,9 @@ def make_features(n: int, w: int, clone_size: int, latent: int, noise: float, se
     return x.astype(np.float32)
 
 
-def make_chunks(w: int, repeats: int, seed: int) -> list[np.ndarray]:
+def make_chunks(w: int, sizes: list[int] | None, repeats: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed + 1)
-    sizes = [2**i for i in range(int(np.log2(w)) + 1)]
+    sizes = sizes or [2**i for i in range(int(np.log2(w)) + 1)]
     return [np.sort(rng.choice(w, s, replace=False)) for s in sizes for _ in range(repeats)]
 
 
@@ -148,6 +148,7 @@ def main() -> None:
     p.add_argument("--w", type=int, default=2048, help="neurons, a power of two (default 2048)")
     p.add_argument("--clone-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=1, help="random chunks per size for the side-by-side run")
+    p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], help="chunk sizes (default 1,2,4..W)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-dadapy", action="store_true")
@@ -164,10 +165,11 @@ def main() -> None:
 
     if args.setup_dadapy:
         setup_dadapy()
-    data = OUT / f"n{args.n}-w{args.w}-r{args.repeats}-s{args.seed}"
+    sizes_tag = "grid" if args.sizes is None else "-".join(map(str, args.sizes))
+    data = OUT / f"n{args.n}-w{args.w}-{sizes_tag}-r{args.repeats}-s{args.seed}"
     data.mkdir(parents=True, exist_ok=True)
     x = make_features(args.n, args.w, args.clone_size, latent=16, noise=0.3, seed=args.seed)
-    chunks = make_chunks(args.w, args.repeats, args.seed)
+    chunks = make_chunks(args.w, args.sizes, args.repeats, args.seed)
     np.save(data / "x.npy", x)
     np.savez(data / "chunks.npz", *chunks)
 

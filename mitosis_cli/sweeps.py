@@ -277,8 +277,8 @@ def _header(job_name: str, directives: Sequence[str], sbatch: Sequence[str], set
         if any(c in extra for c in "\n\r\0"):
             raise InputError(f"--sbatch {extra!r}: a line break cannot appear in a SLURM script directive")
         lines.append(f"#SBATCH {extra}")
-    lines += ["set -u"]
     lines += list(setup)  # the user's own shell lines (module load, source .venv/bin/activate), verbatim
+    lines.append("set -u")  # after the setup: some activation scripts read unset variables
     return lines
 
 
@@ -329,12 +329,12 @@ def slurm_scripts(
         "fi",
         'exit "$status"',
     ]
-    analysis_steps_ = plan(grid, "analysis")
+    analysis_commands = plan(grid, "analysis")
     analysis_lines = _header(
         "mitosis-sweep-analysis", [f"--output={sbatch_word(str(logs).replace('%', '%%'))}/%j-analysis.out"], sbatch, setup,
         "mitosis sweep: per-data-set analysis; submit with --dependency=afterok:<job id of the array>.",
     )
-    analysis_lines += [""] + [f"{step.shell()} || exit $?" for step in analysis_steps_]
+    analysis_lines += [""] + [f"{step.shell()} || exit $?" for step in analysis_commands]
     submit = (f"jobid=$(sbatch --parsable {shell_word(array_path)}) && "
               f"sbatch --dependency=afterok:\"${{jobid%%;*}}\" {shell_word(analysis_path)}")
     return SlurmScripts("\n".join(array_lines) + "\n", "\n".join(analysis_lines) + "\n", submit)

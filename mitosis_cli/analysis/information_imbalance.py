@@ -136,11 +136,13 @@ def _blocks(
     """
     n = x.shape[0]
     n_queries = 0 if queries is None else queries.shape[1]
+    if block_rows is not None and block_rows < 1:
+        raise ValueError(f"block_rows must be positive, got {block_rows}")
     rows = _Float64Rows(x, cols, memory_budget // 2)
-    b = block_rows or _rows_per_block(n, rows.d, n_queries, memory_budget // 2)
-    padded = -(-n // _PAD) * _PAD
+    b = min(n, block_rows) if block_rows else _rows_per_block(n, rows.d, n_queries, memory_budget // 2)
     key = torch.empty(b, n, dtype=torch.float64, device=x.device)
-    mask = torch.zeros(b, padded, dtype=torch.bool, device=x.device)
+    if 0 < n_queries <= _SORT_ABOVE:
+        mask = torch.zeros(b, -(-n // _PAD) * _PAD, dtype=torch.bool, device=x.device)
     diag = torch.arange(b, device=x.device)
     for start in range(0, n, b):
         stop = min(start + b, n)

@@ -129,7 +129,9 @@ def ridge_from_moments(moments: Moments, chunk: np.ndarray | torch.Tensor, alpha
     gram.diagonal().add_(alpha)
     factor, info = torch.linalg.cholesky_ex(gram)
     if int(info) == 0:
+        del gram, rows  # free (s x D) buffers early: at s ~ W each is as large as the scatter matrix
         z = torch.linalg.solve_triangular(factor, cross, upper=False)
+        del cross
         coef = torch.linalg.solve_triangular(factor.T, z, upper=True)
     else:  # A = Q diag(lam) Q^T; Z = diag(lam)^-1/2 Q^T S_SW keeps Z^T Z = S_WS A^-1 S_SW
         lam, q = torch.linalg.eigh(gram)
@@ -198,13 +200,12 @@ class ReconstructionScores:
     r2_out_of_sample: np.ndarray | None
 
 
-def _out_of_sample_rss(test: Moments, chunk: torch.Tensor, fitted: RidgeFactor, fit_mean: torch.Tensor) -> float:
+def _out_of_sample_rss(test: Moments, chunk: torch.Tensor, coef: torch.Tensor, fit_mean: torch.Tensor) -> float:
     """sum over test rows of ||x - B^T (x_S - mu_S) - mu||^2 with (B, mu) from the fit split.
 
     With d = x - mu and D = sum_test d d^T = S_test + n_test delta delta^T (delta = mu_test - mu),
     the sum is tr(D) - 2 tr(B^T D_SW) + tr(B^T D_SS B): test moments suffice.
     """
-    coef = fitted.coef
     delta = test.mean - fit_mean
     delta_s = delta.index_select(0, chunk)
     n = test.n
@@ -278,8 +279,8 @@ def reconstruction_scores(
             abs_corr[i], frob_corr[i] = _residual_correlations(moments, idx, ridge.z)
         del ridge
         if fit is not None and r2_oos is not None:
-            fitted = ridge_from_moments(fit, idx, alpha)
-            r2_oos[i] = 1.0 - _out_of_sample_rss(moments, idx, fitted, fit.mean) / total
+            coef = ridge_from_moments(fit, idx, alpha).coef  # Z is not needed out of sample: dropped at once
+            r2_oos[i] = 1.0 - _out_of_sample_rss(moments, idx, coef, fit.mean) / total
     return ReconstructionScores(r2, abs_corr, frob_corr, r2_oos)
 
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 DIAGNOSTIC_REPEATS = 3  # chunks per size whose residual shape is measured (a pass over the data each)
 DIAGNOSTIC_TARGETS = 128  # neurons outside the chunk whose residuals are tested
-BLOCK_BYTES = 16 << 20  # float32 rows streamed from HDF5 at a time
+BLOCK_BYTES = 8 << 20  # float32 rows streamed from HDF5 at a time
 
 
 @dataclass
@@ -128,7 +128,7 @@ def _measure_file(path: Path, info: "ActivationInfo", cfg: Settings, device: "to
         correct = {key: np.zeros(cfg.acc_repeats, np.int64) for key in readouts}
         for block, labels, start in _blocks(path, split, width):
             x = torch.from_numpy(block).to(device)
-            acc.update(torch.cat([x.double(), accuracy.one_hot(labels, classes).to(device)], dim=1))
+            acc.update(torch.cat([x, accuracy.one_hot(labels, classes).to(device, torch.float32)], dim=1))
             for (s, rescaled), (coef, intercept) in readouts.items():
                 correct[(s, rescaled)] += accuracy.count_correct(x, labels, acc_chunks[s], coef, intercept)
             if split == main and ii_rows is not None and x_ii is not None:

@@ -16,7 +16,7 @@ from mitosis_cli.sweeps import (
     plan, shell_word, slurm_scripts,
 )
 
-# Train options the sweep offers directly (sweep option name -> train option name); any other goes in
+# Train options the sweep offers as its own options (same names as in `mitosis train`); any other goes in
 # --train-arg or the grid file's [train] table.
 _TRAIN_SHORTCUTS = ("arch", "epochs", "train-size", "batch-size", "lr", "weight-decay", "until-zero-error", "max-epochs")
 
@@ -140,7 +140,7 @@ def sweep(
     phase: Annotated[str, typer.Option("--phase", help="all, train (the grid points) or analysis (ensemble, clones, report per data set): which commands --run runs or --print prints.")] = "all",
     run: Annotated[bool, typer.Option("--run", help="Run the commands here, one after another (the default mode); stop at the first failure with its exit code.")] = False,
     print_: Annotated[bool, typer.Option("--print", help="Print one quoted command per line instead of running them.")] = False,
-    slurm: Annotated[Optional[Path], typer.Option("--slurm", help="Write a SLURM job-array script here (one task per grid point) and FILE-analysis.EXT for the per-data-set stages.")] = None,
+    slurm: Annotated[Optional[Path], typer.Option("--slurm", help="Write a SLURM job-array script to this file (one task per grid point), and NAME-analysis.EXT beside it for the per-data-set stages.")] = None,
     throttle: Annotated[Optional[int], typer.Option("--throttle", min=1, help="SLURM: at most this many array tasks at once (--array=0-N%THROTTLE).")] = None,
     sbatch: Annotated[Optional[list[str]], typer.Option("--sbatch", help="SLURM: an extra #SBATCH directive, e.g. --sbatch=--gres=gpu:1 or --sbatch=--time=12:00:00 (repeatable).")] = None,
     setup: Annotated[Optional[list[str]], typer.Option("--setup", help="SLURM: a shell line the scripts run first, verbatim, e.g. 'source .venv/bin/activate' (repeatable).")] = None,

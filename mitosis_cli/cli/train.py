@@ -57,7 +57,8 @@ def train(
     from mitosis_cli.errors import InputError
     from mitosis_cli.io.atomic import output_lock
     from mitosis_cli.training.config import TrainConfig
-    from mitosis_cli.training.extract import extract_activations, load_trained_model
+    from mitosis_cli.io.activations import SPLITS
+    from mitosis_cli.training.extract import extract_activations, extraction_is_current, load_trained_model
     from mitosis_cli.training.loop import StopFlag, pick_device, train_run
 
     set_threads(threads)
@@ -95,8 +96,13 @@ def train(
     acts_path = None
     if acts is not None:
         trained = load_trained_model(out, device=dev)
-        acts_path = extract_activations(trained, acts, data_dir=data_dir, device=dev)
-        say(f"activations -> {acts_path}", quiet)
+        with output_lock(acts):
+            if not force and extraction_is_current(acts, trained, SPLITS, untrained=False, noise_inputs=False):
+                say(f"{acts}: already extracted from this checkpoint; skipped", quiet)
+            else:
+                extract_activations(trained, acts, data_dir=data_dir, device=dev)
+                say(f"activations -> {acts}", quiet)
+        acts_path = acts
     if json_out:
         emit_json({"run_dir": str(out), "epochs": result.epochs, "skipped": result.skipped,
                    "zero_error_epoch": result.zero_error_epoch, "final": final, "device": result.device,

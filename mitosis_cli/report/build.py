@@ -135,7 +135,10 @@ def _render(plan: FigurePlan, folder: Path) -> RenderedFigure:
         (folder / f"{plan.name}.png").write_bytes(png)
         # The layout solved for the PNG holds for the SVG too (it is in figure units): skip solving it again.
         figure.set_layout_engine("none")
-        figure.savefig(folder / f"{plan.name}.svg", format="svg", metadata={"Date": None})
+        # svg.hashsalt is read when saving (not when the figure is built): without it the clip-path ids are
+        # random and the same tables give different SVG bytes.
+        with plt.rc_context({"svg.hashsalt": "mitosis"}):
+            figure.savefig(folder / f"{plan.name}.svg", format="svg", metadata={"Date": None})
     finally:
         plt.close(figure)
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # the PNG IHDR chunk

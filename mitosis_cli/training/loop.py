@@ -27,6 +27,7 @@ from torch import nn
 from mitosis_cli.data import Dataset, load_dataset
 from mitosis_cli.data.augment import random_crop_flip
 from mitosis_cli.errors import InputError, Preempted
+from mitosis_cli.io.atomic import atomic_path
 from mitosis_cli.io.checkpoints import load_checkpoint, save_checkpoint
 from mitosis_cli.io.tables import provenance, write_table
 from mitosis_cli.models import build_model
@@ -208,7 +209,8 @@ def train_run(
     data = load_dataset(cfg.dataset, data_dir, download, cfg.train_size).to(device)
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(cfg.to_json() + "\n")
+        with atomic_path(run_dir / CONFIG) as tmp:  # a kill mid-write must not leave half a config.json
+            tmp.write_text(cfg.to_json() + "\n")
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_spec, data.input_shape, data.num_classes).to(device)

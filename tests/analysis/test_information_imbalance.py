@@ -217,6 +217,8 @@ def test_bad_input_raises() -> None:
         chunk_information_imbalances(x, [np.array([], dtype=int)])
     with pytest.raises(ValueError, match="itself"):
         neighbour_ranks(x, np.arange(10)[:, None])
+    with pytest.raises(ValueError, match="block_rows"):
+        nearest_neighbours(x, block_rows=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

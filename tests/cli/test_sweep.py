@@ -286,8 +286,6 @@ def test_sweep_runs_end_to_end_and_a_rerun_reuses_the_training(tmp_path: Path, c
     assert (folder / "w8-s0" / "history.parquet").read_bytes() == history
 
 
-@pytest.mark.xfail(strict=True, reason="train --acts re-extracts even when the file is current (cli/train.py), "
-                                       "so a rerun rewrites acts.h5 and the analysis stages recompute")
 def test_rerun_keeps_the_activation_files(tmp_path: Path) -> None:
     args = ["sweep", "--widths", "8", "-o", str(tmp_path / "s"), *QUICK_TRAIN, "--phase", "train", "--quiet"]
     assert main(args) == 0

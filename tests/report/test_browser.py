@@ -2,7 +2,7 @@
 
 A copy of the page gets a small script that, once everything has loaded, writes what it measured into
 the DOM; `chromium --dump-dom` prints the DOM and the test reads the measurement back. No driver or
-browser download is needed: Debian's `chromium` package is enough (.ci/browser-deps installs it).
+browser download is needed: Debian's `chromium` package is enough (.ci/system-deps installs it).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.report import tables as T
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
                  if p and Path(p).is_file()), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium; CI runs .ci/browser-deps)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium; CI runs .ci/system-deps)")
 
 # Runs after the load event, i.e. after every image has loaded or failed.
 PROBE = """<script>

@@ -1,0 +1,68 @@
+"""Fault injection for the kill tests, loaded by `site` in a child `mitosis` process (PYTHONPATH).
+
+It never changes what the tool does: it only watches, with a `sys.audit` hook, the file-system
+operations the child makes under MITOSIS_FI_ROOT (opens for writing, mkstemp/mkdtemp, renames,
+removals, chmod, rmtree) and
+
+* appends one line per operation to MITOSIS_FI_LOG ("<index> <event> <monotonic time> <path>"), so the
+  test can follow the child's progress and send it `kill -9` from outside at a chosen moment;
+* with MITOSIS_FI_DIE_AT=n, sends itself SIGKILL at the n-th operation, *before* the operation runs:
+  an exact crash point (e.g. between writing a temporary file and renaming it into place).
+
+SIGKILL runs no handler, no `finally`, no atexit: the same as `kill -9` from a shell.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+_ROOT = os.environ.get("MITOSIS_FI_ROOT", "")
+_LOG = os.environ.get("MITOSIS_FI_LOG", "")
+_DIE_AT = int(os.environ.get("MITOSIS_FI_DIE_AT", "0") or 0)
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_WATCHED = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.chmod", "os.truncate", "shutil.rmtree",
+            "tempfile.mkstemp", "tempfile.mkdtemp", "shutil.move"}
+_state = {"n": 0, "busy": False}
+
+
+def _is_write_open(args: tuple) -> bool:
+    mode, flags = (args[1], args[2]) if len(args) >= 3 else (None, 0)
+    if isinstance(mode, str):
+        return any(c in mode for c in "wax+")
+    return bool(isinstance(flags, int) and flags & _WRITE_FLAGS)
+
+
+def _hook(event: str, args: tuple) -> None:
+    if _state["busy"] or not args:
+        return
+    if event == "open":
+        if not _is_write_open(args):
+            return
+    elif event not in _WATCHED:
+        return
+    path = args[0]
+    if isinstance(path, bytes):
+        path = path.decode(errors="replace")
+    if not isinstance(path, (str, os.PathLike)):
+        return
+    path = os.fspath(path)
+    if not os.path.abspath(path).startswith(_ROOT):
+        return
+    _state["busy"] = True  # the log write below must not re-enter the hook
+    try:
+        _state["n"] += 1
+        n = _state["n"]
+        if _LOG_FD is not None:
+            os.write(_LOG_FD, f"{n} {event} {time.monotonic():.6f} {path}\n".encode())
+        if n == _DIE_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
+    finally:
+        _state["busy"] = False
+
+
+_LOG_FD = os.open(_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if _LOG else None
+if _ROOT:
+    sys.addaudithook(_hook)
