@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile

@@ -17,6 +17,13 @@ class InputError(Exception):
         self.hint = hint
 
 
+class OutputError(Exception):
+    """A real I/O failure while writing an output (a full disk, a device error): one line, exit code 1.
+
+    The message names the output path and the system's reason (e.g. "No space left on device").
+    """
+
+
 class Preempted(Exception):
     """Training stopped by SIGTERM/SIGINT after saving a checkpoint; exit code `PREEMPTED_EXIT_CODE`."""
 

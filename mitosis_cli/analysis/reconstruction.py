@@ -310,8 +310,8 @@ class ResidualShape:
         for chunk, target in zip(chunks, targets):
             idx = torch.as_tensor(np.asarray(chunk, np.int64), device=device)
             tgt = torch.as_tensor(np.asarray(target, np.int64), device=device)
-            ridge = ridge_from_moments(moments, idx, alpha)
-            self._fits.append((idx, tgt, ridge.coef.index_select(1, tgt), ridge.intercept.index_select(0, tgt)))
+            ridge = ridge_from_moments(moments, idx, alpha, targets=tgt)
+            self._fits.append((idx, tgt, ridge.coef, ridge.intercept))
             self._target_var.append(moments.scatter.diagonal().index_select(0, tgt) / moments.n)
         self._sums: list[tuple[torch.Tensor, ...] | None] = [None] * len(self._fits)
         self._device = device

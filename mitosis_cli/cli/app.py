@@ -1,11 +1,13 @@
 """The `mitosis` Typer app and `main()`: every error is caught here and becomes one line and an exit code.
 
-Exit codes: 0 success; 2 bad usage or bad input; 1 unexpected failure; 75 training preempted
+Exit codes: 0 success; 2 bad usage or bad input; 1 unexpected failure, or a write that failed (full disk,
+device error: one line naming the output); 75 training preempted
 (checkpoint saved, rerun with --resume). A traceback is printed only with `--debug` or MITOSIS_DEBUG=1.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -18,7 +20,7 @@ from rich.markup import escape
 from mitosis_cli import __version__
 from mitosis_cli.cli import clones, demo, ensemble, extract, report, sweep, train
 from mitosis_cli.cli.console import stderr
-from mitosis_cli.errors import PREEMPTED_EXIT_CODE, InputError, Preempted
+from mitosis_cli.errors import PREEMPTED_EXIT_CODE, InputError, OutputError, Preempted
 
 app = typer.Typer(
     name="mitosis",
@@ -81,6 +83,19 @@ def main(argv: list[str] | None = None) -> int:
         if err.hint:
             stderr.print(f"  hint: {escape(err.hint)}", soft_wrap=True)
         return 2
+    except OutputError as err:  # a real I/O failure while writing (full disk, device error): exit 1, one line
+        if _debugging(argv):
+            traceback.print_exc()
+        stderr.print(f"[red]mitosis: error:[/] {escape(str(err))}", soft_wrap=True)
+        return 1
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS):
+            return _unexpected(err, argv)
+        if _debugging(argv):
+            traceback.print_exc()
+        where = f"cannot write {err.filename}: " if err.filename else ""
+        stderr.print(f"mitosis: error: {where}{err.strerror}", soft_wrap=True, markup=False)
+        return 1
     except Preempted as err:
         stderr.print(f"mitosis: {err}", soft_wrap=True, markup=False)
         return PREEMPTED_EXIT_CODE
@@ -88,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         stderr.print("mitosis: interrupted")
         return 130
     except Exception as err:  # noqa: BLE001 - the one place unexpected failures become exit code 1
-        if _debugging(argv):
-            traceback.print_exc()
-        stderr.print(f"mitosis: unexpected error: {type(err).__name__}: {err}", soft_wrap=True, markup=False)
-        stderr.print("  hint: rerun with --debug for the traceback, and report it if it persists", soft_wrap=True)
-        return 1
+        return _unexpected(err, argv)
+
+
+def _unexpected(err: Exception, argv: list[str]) -> int:
+    if _debugging(argv):
+        traceback.print_exc()
+    stderr.print(f"mitosis: unexpected error: {type(err).__name__}: {err}", soft_wrap=True, markup=False)
+    stderr.print("  hint: rerun with --debug for the traceback, and report it if it persists", soft_wrap=True)
+    return 1
 
 
 if __name__ == "__main__":

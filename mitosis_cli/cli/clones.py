@@ -301,6 +301,23 @@ def _facts_from_summary(path: Path) -> tuple[list[dict[str, Any]], dict[str, flo
     return list(facts.values()), growth
 
 
+def _return_freed_buffers_to_os() -> None:
+    """Serve allocations of 1 MiB and more with mmap (glibc), so freed blocks leave the process at once.
+
+    glibc otherwise raises its mmap threshold after the first large free and keeps later freed
+    row blocks and (s x W) solves in the heap: measured +110 MiB of peak RSS at N=10,000, W=2,048.
+    No effect (and no error) where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _pick_device(name: str) -> "torch.device":
     """auto -> cuda when available, else cpu; a named device is checked (torch only, no model imports)."""
     import torch
@@ -391,6 +408,7 @@ def clones(
         return
 
     set_threads(threads)
+    _return_freed_buffers_to_os()
     dev = _pick_device(device)
     all_cols: dict[str, list[Any]] = {}
     files = []

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from mitosis_cli import __version__
-from mitosis_cli.errors import InputError
+from mitosis_cli.errors import InputError, OutputError
 from mitosis_cli.io.atomic import atomic_path
 
 FORMAT = "mitosis-activations"
@@ -70,6 +70,18 @@ def _row_chunk(n_rows: int, n_cols: int) -> tuple[int, int]:
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # features, logits, labels
 
 
+def _check_free_space(path: Path, data_bytes: int) -> None:
+    """Refuse to start an HDF5 file the disk cannot hold: HDF5 crashes the interpreter (segmentation fault
+    at exit) when a write fails for lack of space, so the one clean moment to say so is before it starts."""
+    import shutil
+
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    need = data_bytes + (1 << 20)  # + HDF5 metadata, chunk index and attributes (well under 1 MiB here)
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OutputError(f"cannot write {path}: No space left on device ({free} bytes free, about {need} needed)")
+
+
 def write_activations(
     path: str | os.PathLike[str],
     meta: ActivationMeta,
@@ -94,6 +106,7 @@ def write_activations(
     width, n_classes = meta.width, meta.num_classes
     if head_weight.shape != (n_classes, width) or head_bias.shape != (n_classes,):
         raise ValueError(f"head shapes {head_weight.shape}, {head_bias.shape} do not match C={n_classes}, W={width}")
+    _check_free_space(path, sum(n * (4 * (width + n_classes) + 8) for n, _ in splits.values()) + 4 * n_classes * (width + 1))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as h5:
             attrs = {
@@ -231,6 +244,10 @@ def open_activations(path: str | os.PathLike[str]) -> Iterator[tuple[h5py.File, 
         raise InputError(f"{path}: not a readable HDF5 file ({str(err).split('(')[0].strip() or 'unreadable'})") from err
     try:
         yield h5, _validate(path, h5)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        # h5py's errors on a damaged file (a valid signature over scrambled metadata or chunks) surface while
+        # validating or reading, inside this block: one line naming the file, not an "unexpected error".
+        raise InputError(f"{path}: damaged HDF5 file ({str(err).splitlines()[0][:120] if str(err) else type(err).__name__})") from err
     finally:
         h5.close()
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mitosis_cli.errors import InputError
+from mitosis_cli.errors import InputError, OutputError
+
+# errno values of a real I/O failure (exit code 1), as opposed to a bad output path (exit code 2)
+_IO_FAILURES = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
 
 
 @contextmanager
@@ -23,6 +27,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as err:
+        if err.errno in _IO_FAILURES:
+            raise OutputError(f"cannot write {target}: {err.strerror}") from err
         raise InputError(f"cannot write {target}: {err.strerror or err}") from err
     os.close(fd)
     tmp = Path(tmp_name)
@@ -31,8 +37,13 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:  # data on disk before the name points at it
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        # A failed write (full disk, device error) names the output, on one line, exit code 1. torch.save
+        # reports it as a RuntimeError ("PytorchStreamWriter failed writing file ...").
+        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "failed writing" in str(err)):
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:160]
+            raise OutputError(f"cannot write {target}: {reason}") from err
         raise
 
 

@@ -7,6 +7,7 @@ inputs (sha256) and options; a rerun with the same ones skips the work.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mitosis_cli import __version__
-from mitosis_cli.errors import InputError
+from mitosis_cli.errors import InputError, OutputError
 from mitosis_cli.report import figures as F
 from mitosis_cli.report.html import RenderedFigure, ReportDocument, render_html, render_markdown
 from mitosis_cli.report.inputs import FIGURES_OF_KIND, ReportInputs, load_inputs
@@ -228,7 +229,9 @@ def build_report(paths: list[Path], out: Path, title: str = "Representation mito
         (building / STAMP).write_text(json.dumps({"key": key, "figures": listed, "notes": notes}, indent=1, sort_keys=True))
         os.chmod(building, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it the mode mkdir would have
         _swap_in(building, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(building, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS):
+            raise OutputError(f"cannot write {out}: {err.strerror}") from err  # one line naming the report, exit 1
         raise
     return ReportResult(out, False, listed, input_list, notes)

@@ -176,8 +176,9 @@ def _run_chain(stage: Stage, kills: int, rng: np.random.Generator, root: Path) -
             stage.check(stage.target)
         except Exception as exc:  # noqa: BLE001 - any failure to read an output back is the finding
             chain.problems.append(f"{stage.name} after kill {i} ({attempt}): {type(exc).__name__}: {exc}")
-    folder = stage.target if stage.target.is_dir() and stage.name != "report" else stage.target.parent
-    chain.leftovers = sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock"))
+    # Hidden files a kill left beside or inside the output (each stage writes below its own folder).
+    chain.leftovers = sorted(str(p.relative_to(root)) for p in (root / stage.name).rglob(".*") if not p.name.endswith(".lock")
+                             and p.name != ".mitosis-report.json" and not any(q.name.startswith(".") for q in p.relative_to(root).parents if q.name))
     return chain
 
 
@@ -196,31 +197,31 @@ def chains(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Stage, F
 
     run_args = ["train", *TINY_TRAIN, "--seed", "1"]
     events = traced([*run_args, "-o", str(ref / "run")], ref)
-    stages.append(Stage("train", [*run_args, "-o", str(work / "run")], [*run_args, "--resume", "-o", str(work / "run")],
-                        work / "run", _check_run_dir, ref / "run", _compare_run, events))
+    stages.append(Stage("train", [*run_args, "-o", str(work / "train" / "run")], [*run_args, "--resume", "-o", str(work / "train" / "run")],
+                        work / "train" / "run", _check_run_dir, ref / "run", _compare_run, events))
 
     ext_args = ["extract", str(ref / "run"), "--threads", "1", "--quiet", "-o"]
     events = traced([*ext_args, str(ref / "acts.h5")], ref)
-    stages.append(Stage("extract", [*ext_args, str(work / "acts.h5")], [*ext_args, str(work / "acts.h5")],
-                        work / "acts.h5", _check_acts, ref / "acts.h5", assert_same_h5, events))
+    stages.append(Stage("extract", [*ext_args, str(work / "extract" / "acts.h5")], [*ext_args, str(work / "extract" / "acts.h5")],
+                        work / "extract" / "acts.h5", _check_acts, ref / "acts.h5", assert_same_h5, events))
 
     acts = [planted_acts(inputs / f"acts-s{s}.h5", seed=s) for s in range(3)]
     cl_args = ["clones", str(acts[0]), *TINY_CLONES, "-o"]
     events = traced([*cl_args, str(ref / "clones")], ref)
-    stages.append(Stage("clones", [*cl_args, str(work / "clones")], [*cl_args, str(work / "clones")],
-                        work / "clones", _check_clones, ref / "clones", _compare_clones, events))
+    stages.append(Stage("clones", [*cl_args, str(work / "clones" / "out")], [*cl_args, str(work / "clones" / "out")],
+                        work / "clones" / "out", _check_clones, ref / "clones", _compare_clones, events))
 
     en_args = ["ensemble", *map(str, acts), *TINY_ENSEMBLE, "-o"]
     events = traced([*en_args, str(ref / "ensemble.parquet")], ref)
-    stages.append(Stage("ensemble", [*en_args, str(work / "ensemble.parquet")], [*en_args, str(work / "ensemble.parquet")],
-                        work / "ensemble.parquet", _check_ensemble, ref / "ensemble.parquet", assert_same_table, events))
+    stages.append(Stage("ensemble", [*en_args, str(work / "ensemble" / "ensemble.parquet")], [*en_args, str(work / "ensemble" / "ensemble.parquet")],
+                        work / "ensemble" / "ensemble.parquet", _check_ensemble, ref / "ensemble.parquet", assert_same_table, events))
 
     tables = [ref / "clones" / "clones.parquet", ref / "clones" / "clones-summary.parquet", ref / "ensemble.parquet",
               ref / "run" / "history.parquet"]
     rep_args = ["report", *map(str, tables), "--quiet", "-o"]
     events = traced([*rep_args, str(ref / "report")], ref)
-    stages.append(Stage("report", [*rep_args, str(work / "report")], [*rep_args, str(work / "report")],
-                        work / "report", _check_report, ref / "report", _compare_report, events))
+    stages.append(Stage("report", [*rep_args, str(work / "report" / "report")], [*rep_args, str(work / "report" / "report")],
+                        work / "report" / "report", _check_report, ref / "report", _compare_report, events))
 
     kills = kills_per_stage()
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kill-chain")  # 2 cores: two children at a time
