@@ -62,12 +62,20 @@ def _train_all(commands: list[list[str]], jobs: int, quiet: bool) -> None:
 
 
 def _print_summary(claims: list[Any], layout: Any, summary_rows: list[dict[str, Any]], controls: dict[str, Any]) -> None:
-    from mitosis_cli.demo import clone_sizes
+    from mitosis_cli.demo import clone_sizes, residual_noise
 
     sizes = clone_sizes(summary_rows)
     stderr.print("\n[bold]Representation mitosis, measured[/]")
     if sizes:
         stderr.print("  clone size w_c*: " + ", ".join(f"W={w}: {c:.1f}" for w, c in sizes.items()))
+    if sizes:  # how much of the layer a clone-sized chunk leaves unexplained: independent noise, or none
+        widest = max(sizes)
+        chunk = next((c for c in (16, 32, 64, 128, 256, 512) if c >= 2 * sizes[widest]), None)
+        noise = residual_noise(summary_rows, widest, chunk) if chunk and chunk < widest else None
+        if noise is not None:
+            kind = ("near-collapse: the layer is almost exactly low-rank, chunks differ by almost no noise"
+                    if noise < 1e-3 else "chunks differ by noise")
+            stderr.print(f"  noise left by {chunk}-neuron chunks of W={widest}: 1 - R^2 = {noise:.1e} ({kind})", markup=False)
     for claim in claims:
         colour = {True: "green", False: "red", None: "yellow"}[claim.holds]
         stderr.print(f"  ({claim.key}) {claim.statement}: [{colour}]{claim.verdict}[/]")

@@ -45,7 +45,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
                              f"(it could run code when loaded)") from err
         raise InputError(f"{path}: not a readable checkpoint (not a torch file, or corrupt)") from err
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise InputError(f"{path}: not a readable checkpoint (truncated or corrupt: {str(err).splitlines()[0][:100]})") from err
+        detail = (str(err).splitlines() or [type(err).__name__])[0][:100]  # an empty file raises EOFError("")
+        raise InputError(f"{path}: not a readable checkpoint (truncated or corrupt: {detail})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path}: not a mitosis checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:

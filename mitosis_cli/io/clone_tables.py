@@ -106,7 +106,10 @@ def read_error_inf(path: str | os.PathLike[str]) -> float:
     table, _ = read_table(path, "ensemble", ("kind", "metric", "split", "value"))
     rows = table.filter(pc.and_(pc.and_(pc.equal(table["kind"], "error-inf"), pc.equal(table["metric"], "error")),
                                 pc.equal(table["split"], "test")))
-    values = np.unique(np.asarray(rows["value"].to_numpy(zero_copy_only=False), dtype=np.float64))
+    try:
+        values = np.unique(np.asarray(rows["value"].to_numpy(zero_copy_only=False), dtype=np.float64))
+    except (ValueError, TypeError):  # a foreign table whose value column holds words
+        raise InputError(f"{path}: column 'value' is not numeric (type {table.schema.field('value').type})") from None
     values = values[np.isfinite(values)]
     if values.size != 1:
         found = "no" if values.size == 0 else f"{values.size} different"

@@ -64,7 +64,7 @@ def load_trained_model(source: Path, epoch: int | None = None, untrained: bool =
     try:
         cfg = TrainConfig.from_dict(json.loads(ckpt["config"]))
         input_shape, num_classes = tuple(ckpt["input_shape"]), int(ckpt["num_classes"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, InputError) as err:  # InputError: unknown options, named here
         raise InputError(f"{path}: checkpoint config is unreadable ({err})") from err
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_spec, input_shape, num_classes)

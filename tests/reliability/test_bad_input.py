@@ -37,7 +37,7 @@ from .conftest import (MITOSIS, TINY_CLONES, TINY_ENSEMBLE, TINY_TRAIN, Result, 
 
 
 def _edit(path: Path, fn: Callable[[h5py.File], None]) -> Path:
-    planted_acts(path)
+    planted_acts(path, seed=5)  # another seed than the good member, so `ensemble` gets as far as the damage
     with h5py.File(path, "r+") as f:
         fn(f)
     return path
@@ -114,12 +114,12 @@ def _delete(name: str) -> Callable[[h5py.File], None]:
 
 def _n_rows(n: int) -> Callable[[Path], Path]:
     def make(path: Path) -> Path:
-        return planted_acts(path, n=n) if n > 0 else _empty_split(path)
+        return planted_acts(path, n=n, seed=5) if n > 0 else _empty_split(path)
     return make
 
 
 def _empty_split(path: Path) -> Path:
-    planted_acts(path, n=4)
+    planted_acts(path, n=4, seed=5)
     with h5py.File(path, "r+") as f:
         for split in ("train", "test"):
             for key, shape, dtype in (("features", (0, 16), np.float32), ("logits", (0, 3), np.float32), ("labels", (0,), np.int64)):
@@ -166,7 +166,8 @@ ACTS_CASES = [
     ActsCase("N = 1", _n_rows(1), "rows"),
     ActsCase("NaN in features", lambda p: _edit(p, _set_value("test/features", (5, 3), np.nan)), "NaN"),
     ActsCase("+Inf in features", lambda p: _edit(p, _set_value("train/features", (0, 0), np.inf)), "Inf"),
-    ActsCase("-Inf in logits", lambda p: _edit(p, _set_value("test/logits", (9, 1), -np.inf)), "Inf"),
+    # `clones` never reads the logits (it scores chunks with the head), so only `ensemble` must refuse them
+    ActsCase("-Inf in logits", lambda p: _edit(p, _set_value("test/logits", (9, 1), -np.inf)), "Inf", ensemble_only=True),
     ActsCase("NaN in head weight", lambda p: _edit(p, _set_value("head/weight", (0, 0), np.nan)), "NaN"),
     ActsCase("Inf in head bias", lambda p: _edit(p, _set_value("head/bias", (1,), np.inf)), "Inf"),
     ActsCase("label = C", lambda p: _edit(p, _set_value("test/labels", (0,), 3)), "labels"),
@@ -257,10 +258,13 @@ def _truncated_ckpt(run: Path, path: Path, keep: float) -> Path:
 
 def _zip_entry_corrupt(run: Path, path: Path) -> Path:
     """A valid zip container whose data record is flipped: torch's CRC or unpickler must refuse it."""
+    import struct
+
     data = bytearray((run / "checkpoint.pt").read_bytes())
     with zipfile.ZipFile(run / "checkpoint.pt") as z:
         info = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
-    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])  # local header
+    start = info.header_offset + 30 + name_len + extra_len
     for i in range(start, start + min(info.compress_size, 40)):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -312,10 +316,10 @@ def _with_metadata(path: Path, raw: bytes) -> Path:
     return path
 
 
-def _ensemble_table(path: Path, value_type: pa.DataType = pa.float64(), kind_value: str = "error-inf") -> Path:
+def _ensemble_table(path: Path, value_type: pa.DataType = pa.float64(), kind_value: str = "error-inf", value: object = 0.1) -> Path:
     table = pa.table({"kind": [kind_value], "width": pa.array([16], pa.int64()), "members": pa.array([3], pa.int64()),
                       "repeat": pa.array([0], pa.int64()), "split": ["test"], "metric": ["error"],
-                      "value": pa.array([0.1]).cast(value_type)})
+                      "value": pa.array([value], value_type)})
     write_table(path, table, provenance("ensemble", [], {}))
     return path
 
@@ -352,7 +356,7 @@ def test_broken_table_for_report(tmp_path: Path, cli: RunCli, name: str, make: C
 ENSEMBLE_INPUT_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("random bytes", lambda p: _random_bytes(p, 512), "Parquet"),
     ("a history table", _history_like, "expected 'ensemble'"),
-    ("value column as strings", lambda p: _ensemble_table(p, pa.string()), ""),
+    ("value column of words", lambda p: _ensemble_table(p, pa.string(), value="n/a"), "value"),
     ("no error-inf row", lambda p: _ensemble_table(p, kind_value="wide"), "error-inf"),
 ]
 
@@ -382,7 +386,8 @@ def test_width_one_and_two_rows_are_measured_not_refused(tmp_path: Path, cli: Ru
     narrow = [planted_acts(tmp_path / f"w1-s{s}.h5", width=1, clone_size=1, seed=s) for s in range(2)]
     tiny = planted_acts(tmp_path / "n2.h5", n=2, width=4, clone_size=2)
     assert cli("clones", narrow[0], *TINY_CLONES, "-o", tmp_path / "c1").code == 0
-    assert cli("clones", tiny, *TINY_CLONES[:-6], "--ii-points", "0", "--device", "cpu", "--quiet", "-o", tmp_path / "c2").code == 0
+    assert cli("clones", tiny, "--repeats", "3", "--acc-repeats", "4", "--ii-points", "0", "--device", "cpu", "--quiet",
+               "-o", tmp_path / "c2").code == 0
     assert cli("ensemble", *narrow, *TINY_ENSEMBLE, "-o", tmp_path / "e.parquet").code == 0
     for table in (read_clones(tmp_path / "c1" / "clones.parquet")[0], read_ensemble_table(tmp_path / "e.parquet")[0]):
         values = table["value"].to_numpy()
@@ -439,8 +444,8 @@ def tiny_fs(tmp_path: Path) -> Path:
 
 
 def test_full_disk_extract_fails_with_one_line_and_leaves_nothing(tmp_path: Path, tiny_fs: Path, cli: RunCli, run_dir: Path) -> None:
-    target = tiny_fs / "acts.h5"  # the run's test split alone is 100 x 16 floats; train + head + HDF5 overhead > 64k? no:
-    # fill the filesystem first so even a small file cannot be written
+    target = tiny_fs / "acts.h5"
+    # 4 KiB left: HDF5 itself would crash the interpreter on the failed write, so extract must refuse up front
     (tiny_fs / "filler").write_bytes(b"\0" * (60 * 1024))
     result = cli("extract", run_dir, "-o", target, "--threads", "1", "--quiet")
     assert_clean_failure(result, target, code=1, problem="No space left on device")
