@@ -68,9 +68,9 @@ PLANS: dict[str, DemoPlan] = {
         description="MLPs of 7 widths (16-1024), 37 networks, on the built-in MNIST subset",
     ),
     "quick": DemoPlan(
-        "quick", (16, 64, 256), _seeds({16: 6, 64: 2, 256: 2}), epochs=100,
+        "quick", (16, 64, 256), _seeds({16: 4, 64: 2, 256: 2}), epochs=100,
         clones_args=("--repeats=10", "--acc-repeats=20", "--ii-points=500"), ensemble_args=("--repeats=5",),
-        description="MLPs of 3 widths (16-256), 10 networks, fewer repeats",
+        description="MLPs of 3 widths (16-256), 8 networks, fewer repeats",
     ),
 }
 

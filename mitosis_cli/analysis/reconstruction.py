@@ -135,7 +135,9 @@ def ridge_from_moments(moments: Moments, chunk: np.ndarray | torch.Tensor, alpha
         coef = torch.linalg.solve_triangular(factor.T, z, upper=True)
     else:  # A = Q diag(lam) Q^T; Z = diag(lam)^-1/2 Q^T S_SW keeps Z^T Z = S_WS A^-1 S_SW
         lam, q = torch.linalg.eigh(gram)
-        lam = lam.clamp_min(torch.finfo(lam.dtype).tiny)
+        # Exactly, every eigenvalue is >= alpha; rounding leaves errors ~ eps * lam_max, so eigenvalues below
+        # that are noise: flooring them at `tiny` made Z (and R^2) infinite for collinear neurons at large scale.
+        lam = lam.clamp_min(max(alpha, float(lam.max()) * lam.shape[0] * torch.finfo(lam.dtype).eps))
         qt_cross = q.T @ cross
         z = qt_cross / lam.sqrt()[:, None]
         coef = q @ (qt_cross / lam[:, None])

@@ -97,7 +97,7 @@ def _control_text(folder: Path) -> dict[str, Any]:
 
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for every run and result.")] = Path("mitosis-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="3 widths, 10 networks, fewer epochs and repeats (under 2 minutes on 2 cores).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="3 widths, 8 networks, fewer repeats (under 2 minutes on 2 cores).")] = False,
     preset: Annotated[Optional[str], typer.Option("--preset", help="The paper's GPU setups: wrn28-cifar10, wrn28-cifar100, densenet40-cifar10, densenet40-cifar100 (need --data-dir).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder in torchvision's layout, for the presets (default: $MITOSIS_DATA_DIR).")] = None,
     controls: Annotated[bool, typer.Option("--controls", help="Add the paper's controls: no weight decay, stopped before zero training error, untrained networks.")] = False,

@@ -52,24 +52,37 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on `target` (a file or a run directory) while writing it.
 
     A second process asking for the same lock fails at once with one clear line instead of
-    interleaving writes. The lock is an `flock` on a hidden file beside the target (inside it for a
-    directory), so it is released by the kernel even if the holder is killed.
+    interleaving writes. The lock is an `flock` on a hidden file beside the target (``.NAME.lock``),
+    released by the kernel even if the holder is killed; the holder removes the file when done, and a
+    process that locked a file just removed by its holder tries again on the new one.
     """
     import fcntl
 
     target = Path(target)
     lock_path = target.parent / f".{target.name}.lock"
-    try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock_path, "a+")
-    except OSError as err:
-        raise InputError(f"cannot write {target}: {err.strerror or err}") from err
-    try:
+    for _ in range(10):
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(lock_path, "a+")
+        except OSError as err:
+            raise InputError(f"cannot write {target}: {err.strerror or err}") from err
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            fh.close()
             raise InputError(f"{target} is being written by another mitosis process (lock {lock_path})",
                              hint="wait for that process to finish, or write to another path") from None
+        try:
+            same_file = os.stat(lock_path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        fh.close()  # the previous holder removed it between our open and our lock: lock the new one
+    else:
+        raise InputError(f"could not lock {target} (lock {lock_path} keeps changing)")
+    try:
         yield
     finally:
+        lock_path.unlink(missing_ok=True)  # while still holding it, so nobody locks a removed file unseen
         fh.close()

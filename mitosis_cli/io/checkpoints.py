@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,10 @@ REQUIRED = ("format", "format_version", "config", "epoch", "model")
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     """Write `payload` (plus format tags) atomically with `torch.save`."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # To a file object, not a path: torch names the zip's records after the path (here a random temporary
+        # name), which made the same weights give different bytes (and sha256) on every save.
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, fh)
     return path
 
 
@@ -44,7 +45,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             raise InputError(f"{path}: refused: the checkpoint holds objects other than tensors and plain values "
                              f"(it could run code when loaded)") from err
         raise InputError(f"{path}: not a readable checkpoint (not a torch file, or corrupt)") from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - torch's weights-only unpickler fails on garbage with any error
+        # (IndexError, KeyError, struct.error, ... besides RuntimeError/EOFError/BadZipFile): all mean unreadable.
         detail = (str(err).splitlines() or [type(err).__name__])[0][:100]  # an empty file raises EOFError("")
         raise InputError(f"{path}: not a readable checkpoint (truncated or corrupt: {detail})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

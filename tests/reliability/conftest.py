@@ -189,11 +189,11 @@ def assert_same_table(a: Path, b: Path) -> None:
     assert meta_a == meta_b, f"{a} vs {b}: metadata differs"
 
 
-def h5_payload(path: Path) -> dict[str, Any]:
-    """Every dataset (as arrays) and every attribute (minus the creation time) of an HDF5 file."""
+def h5_payload(path: Path, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every dataset (as arrays) and every attribute (minus the creation time and `ignore`) of an HDF5 file."""
     out: dict[str, Any] = {}
     with h5py.File(path, "r") as f:
-        out["attrs"] = {k: v for k, v in f.attrs.items() if k not in VOLATILE_ATTRS}
+        out["attrs"] = {k: v for k, v in f.attrs.items() if k not in VOLATILE_ATTRS + ignore}
 
         def visit(name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset):
@@ -203,8 +203,8 @@ def h5_payload(path: Path) -> dict[str, Any]:
     return out
 
 
-def assert_same_h5(a: Path, b: Path) -> None:
-    pa_, pb = h5_payload(a), h5_payload(b)
+def assert_same_h5(a: Path, b: Path, ignore: tuple[str, ...] = ()) -> None:
+    pa_, pb = h5_payload(a, ignore), h5_payload(b, ignore)
     assert sorted(pa_) == sorted(pb), f"{a} vs {b}: different datasets"
     for key in pa_:
         if key == "attrs":

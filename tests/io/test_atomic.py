@@ -1,0 +1,32 @@
+"""Atomic writes and output locks."""
+
+from pathlib import Path
+
+import pytest
+
+from mitosis_cli.errors import InputError
+from mitosis_cli.io.atomic import atomic_path, output_lock
+
+
+def test_atomic_path_renames_on_success_and_cleans_up_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "out.txt"
+    with atomic_path(target) as tmp:
+        tmp.write_text("complete")
+        assert not target.exists() and tmp.parent == target.parent
+    assert target.read_text() == "complete"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "complete"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.txt"]
+
+
+def test_second_writer_is_refused_and_lock_file_removed(tmp_path: Path) -> None:
+    target = tmp_path / "acts.h5"
+    with output_lock(target):
+        with pytest.raises(InputError, match="being written by another mitosis process"):
+            with output_lock(target):
+                pass
+    assert list(tmp_path.iterdir()) == []
+    with output_lock(target):  # free again
+        pass

@@ -1,0 +1,77 @@
+"""The demo's plans and its judgement of the paper's claims, on hand-made table rows."""
+
+import typer
+
+from mitosis_cli.cli.app import app
+from mitosis_cli.demo import PLANS, PRESETS, Layout, analysis_commands, evaluate_claims, train_commands
+
+
+def _summary(clone_size: dict[int, float], chunk_acc: dict[int, float], widest: int, crit: float) -> list[dict]:
+    rows = [{"metric": "clone_size", "width": w, "mean": c, "split": "test", "chunk_size": None} for w, c in clone_size.items()]
+    rows += [{"metric": "chunk_accuracy", "split": "test", "width": widest, "chunk_size": w, "mean": a} for w, a in chunk_acc.items()]
+    rows.append({"metric": "critical_width", "width": None, "mean": crit, "split": "test", "chunk_size": None})
+    return rows
+
+
+def _ensemble(wide: dict[int, list[float]], ens: dict[tuple[int, int], list[float]]) -> list[dict]:
+    rows = [{"kind": "wide", "width": w, "members": 1, "repeat": i, "split": "test", "metric": "accuracy", "value": v}
+            for w, vs in wide.items() for i, v in enumerate(vs)]
+    rows += [{"kind": "ensemble", "width": w, "members": k, "repeat": i, "split": "test", "metric": "accuracy", "value": v}
+             for (w, k), vs in ens.items() for i, v in enumerate(vs)]
+    return rows
+
+
+def test_claims_hold_on_an_ideal_sweep() -> None:
+    summary = _summary({16: 15.0, 64: 16.0, 256: 15.5, 1024: 15.2}, {16: 0.930, 64: 0.952}, 1024, 15.0)
+    ensemble = _ensemble({16: [0.925, 0.935], 64: [0.95, 0.956], 1024: [0.97]},
+                         {(16, 2): [0.94], (16, 4): [0.95, 0.952], (16, 8): [0.96]})
+    a, b, c, d = evaluate_claims(summary, ensemble)
+    assert (a.holds, b.holds, c.holds, d.holds) == (True, True, True, True)
+    assert a.numbers["ratio"] == 16.0 / 15.0
+    assert b.numbers["n_clones"][1024] == 1024 / 15.2
+    assert c.numbers["gap_points"][16] == 100 * (0.930 - 0.930)
+    assert (d.numbers["members"], d.numbers["member_width"]) == (8, 16) and abs(d.numbers["ensemble"] - 0.96) < 1e-12
+
+
+def test_claims_fail_and_say_why() -> None:
+    summary = _summary({64: 16.0, 256: 64.0, 1024: 50.0}, {64: 0.70}, 1024, 0.0)
+    ensemble = _ensemble({64: [0.95], 1024: [0.90]}, {(64, 2): [0.96]})
+    a, b, c, d = evaluate_claims(summary, ensemble)
+    assert a.holds is False and "max/min 4.00" in a.evidence
+    assert c.holds is False and "worse by up to 25.0 points" in c.evidence
+    assert d.holds is False and d.numbers["gap_points"] < -5
+    assert b.holds is not None
+
+
+def test_claims_cannot_tell_without_data() -> None:
+    claims = evaluate_claims([], [])
+    assert [c.holds for c in claims] == [None, None, None, None]
+    assert all(c.evidence for c in claims)
+
+
+def _parse(argv: list[str]) -> None:
+    """Parse a planned command with the sub-command's own parser (a typo or bad value fails here)."""
+    group = typer.main.get_command(app)
+    command = group.get_command(None, argv[0])
+    command.make_context(argv[0], list(argv[1:]))
+
+
+def test_presets_use_the_paper_hyper_parameters(tmp_path) -> None:
+    layout = Layout(tmp_path)
+    for name in PRESETS:
+        plan = PLANS[name]
+        trains = train_commands(plan, layout, ["--data-dir=/data"], controls=True)
+        for argv in trains + analysis_commands(plan, layout, controls=True):
+            _parse(argv)
+        first = trains[0]
+        for option in ("--lr=0.1", "--weight-decay=5e-4", "--batch-size=128", "--epochs=200", "--lr-min=1e-5",
+                       "--momentum=0.9", "--augment", "--ending=batchnorm", "--data-dir=/data"):
+            assert option in first, (name, option)
+    assert {f"--width={w}" for w in (16, 32, 64, 128, 256, 512)} <= {a for argv in train_commands(PLANS["wrn28-cifar10"], layout) for a in argv}
+    assert all(w % 11 == 0 for w in PLANS["densenet40-cifar100"].widths)
+
+
+def test_every_run_writes_its_own_folder(tmp_path) -> None:
+    plan = PLANS["default"]
+    outs = [a for argv in train_commands(plan, Layout(tmp_path), controls=True) for a in argv if a.startswith("--out=")]
+    assert len(outs) == len(set(outs)) == len(plan.points()) + 2 * len(plan.widths)
