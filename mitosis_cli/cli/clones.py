@@ -37,7 +37,8 @@ class Measurements:
     """Rows of the clones table for one file, filled column by column."""
 
     columns: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in (
-        "source", "arch", "dataset", "width", "seed", "split", "metric", "chunk_size", "repeat", "value", "n_points", "k")})
+        "source", "arch", "dataset", "width", "seed", "epoch", "split", "metric", "chunk_size", "repeat", "value",
+        "n_points", "k")})
 
     def add(self, base: dict[str, Any], split: str, metric: str, size: int, values: "np.ndarray",
             n_points: int | None = None, k: int | None = None) -> None:
@@ -110,7 +111,8 @@ def _measure_file(path: Path, info: "ActivationInfo", cfg: Settings, device: "to
     reg_chunks = {s: d[: cfg.repeats] for s, d in draws.items()}
     main = "test" if "test" in info.splits else "train"
     out = Measurements()
-    base = {"source": str(path), "arch": info.arch, "dataset": info.dataset, "width": width, "seed": info.seed}
+    base = {"source": str(path), "arch": info.arch, "dataset": info.dataset, "width": width, "seed": info.seed,
+            "epoch": info.epoch}
 
     scalings = [False, True] if cfg.rescale else [False]
     readouts = {(s, rescaled): tuple(t.to(device) for t in accuracy.head_readouts(weight, bias, acc_chunks[s], rescaled))
@@ -192,7 +194,7 @@ def _summarize(clone_cols: dict[str, list[Any]], files: list[dict[str, Any]], cf
 
     from mitosis_cli.analysis.clone_size import clone_size, fit_clone_growth, fit_excess_error, summarize
 
-    names = ("source", "arch", "dataset", "width", "seed", "split", "metric", "chunk_size",
+    names = ("source", "arch", "dataset", "width", "seed", "epoch", "split", "metric", "chunk_size",
              "mean", "std", "sem", "n", "lo", "hi", "rule")
     cols: dict[str, list[Any]] = {k: [] for k in names}
 
@@ -212,12 +214,12 @@ def _summarize(clone_cols: dict[str, list[Any]], files: list[dict[str, Any]], cf
         st = summarize(values[rows])
         stats[(source, split, metric, size)] = st
         f = by_file[source]
-        add({**{k: f[k] for k in ("source", "arch", "dataset", "width", "seed")}, "split": split, "metric": metric,
+        add({**{k: f[k] for k in ("source", "arch", "dataset", "width", "seed", "epoch")}, "split": split, "metric": metric,
              "chunk_size": size, "mean": st.mean, "std": st.std, "sem": st.sem, "n": st.n})
 
     facts = []
     for f in files:
-        base = {k: f[k] for k in ("source", "arch", "dataset", "width", "seed")}
+        base = {k: f[k] for k in ("source", "arch", "dataset", "width", "seed", "epoch")}
         main, sizes = f["main"], f["sizes"]
         r2 = [stats.get((f["source"], main, "reconstruction_r2", s)) for s in sizes]
         mean = np.array([st.mean if st else np.nan for st in r2])

@@ -1,10 +1,11 @@
 """The `clones` and `clones-summary` Parquet tables written by `mitosis clones`, and the error_inf input.
 
 clones.parquet (kind "clones"), one row per measured value:
-    source, arch, dataset (str), width, seed (int64), split, metric (str), chunk_size, repeat (int64),
+    source, arch, dataset (str), width, seed, epoch (int64; epoch: training epoch of the weights),
+    split, metric (str), chunk_size, repeat (int64),
     value (float64), n_points, k (int64, null where they do not apply).
 clones-summary.parquet (kind "clones-summary"):
-    source, arch, dataset, width, seed, split, metric, chunk_size (null for per-source rows),
+    source, arch, dataset, width, seed, epoch, split, metric, chunk_size (null for per-source rows),
     mean, std, sem (float64), n (int64), lo, hi (float64, null where n/a), rule (str, null where n/a).
 """
 
@@ -27,13 +28,13 @@ SUMMARY_KIND = "clones-summary"
 
 CLONES_SCHEMA = pa.schema([
     ("source", pa.string()), ("arch", pa.string()), ("dataset", pa.string()), ("width", pa.int64()),
-    ("seed", pa.int64()), ("split", pa.string()), ("metric", pa.string()), ("chunk_size", pa.int64()),
-    ("repeat", pa.int64()), ("value", pa.float64()), ("n_points", pa.int64()), ("k", pa.int64()),
+    ("seed", pa.int64()), ("epoch", pa.int64()), ("split", pa.string()), ("metric", pa.string()),
+    ("chunk_size", pa.int64()), ("repeat", pa.int64()), ("value", pa.float64()), ("n_points", pa.int64()), ("k", pa.int64()),
 ])
 SUMMARY_SCHEMA = pa.schema([
     ("source", pa.string()), ("arch", pa.string()), ("dataset", pa.string()), ("width", pa.int64()),
-    ("seed", pa.int64()), ("split", pa.string()), ("metric", pa.string()), ("chunk_size", pa.int64()),
-    ("mean", pa.float64()), ("std", pa.float64()), ("sem", pa.float64()), ("n", pa.int64()),
+    ("seed", pa.int64()), ("epoch", pa.int64()), ("split", pa.string()), ("metric", pa.string()),
+    ("chunk_size", pa.int64()), ("mean", pa.float64()), ("std", pa.float64()), ("sem", pa.float64()), ("n", pa.int64()),
     ("lo", pa.float64()), ("hi", pa.float64()), ("rule", pa.string()),
 ])
 _NOT_NULL = {

@@ -68,9 +68,18 @@ def select_network(frame: Frame | None, key: NetworkKey, epoch: float | None = N
     if epoch is not None:
         return rows.filter(epochs == epoch)
     known = np.isfinite(epochs)
-    if known.all():
-        return rows.filter(epochs == epochs.max())
+    if known.all():  # each seed's latest epoch: seeds may stop at different epochs (--until-zero-error)
+        seeds = _seed_keys(rows)
+        latest = {s: epochs[seeds == s].max() for s in set(seeds.tolist())}
+        return rows.filter(epochs == np.array([latest[s] for s in seeds.tolist()]))
     return rows.filter(~known)
+
+
+def _seed_keys(rows: Frame) -> np.ndarray:
+    """Each row's seed as a string key (one group when the table has no seed column)."""
+    if not rows.has("seed"):
+        return np.zeros(len(rows), dtype=object).astype(str)
+    return np.array([str(s) for s in rows["seed"]])
 
 
 def network_epochs(frame: Frame | None, key: NetworkKey) -> list[float]:
@@ -78,7 +87,13 @@ def network_epochs(frame: Frame | None, key: NetworkKey) -> list[float]:
     if frame is None or not frame.has("epoch"):
         return []
     arch, dataset, width = key
-    return [float(e) for e in frame.where(arch=arch, dataset=dataset, width=width).unique("epoch")]
+    rows = frame.where(arch=arch, dataset=dataset, width=width)
+    if not len(rows):
+        return []
+    seeds = _seed_keys(rows)  # one run analysed at several epochs, not several seeds' final epochs
+    epochs = np.asarray(rows["epoch"], dtype=np.float64)
+    per_seed = [sorted({float(e) for e in epochs[(seeds == s) & np.isfinite(epochs)]}) for s in set(seeds.tolist())]
+    return max(per_seed, key=len)
 
 
 def metric_curve(clones: Frame | None, summary: Frame | None, metric: str, split: str) -> Curve | None:

@@ -9,7 +9,7 @@
   here, the command line recorded in every table's metadata round-trips through the shell as data.
 * Each stage writes only the paths it was given (plus hidden temporaries and `.NAME.lock` files beside
   them): every file-system write of the process is traced (`sys.audit`), with cwd and $HOME elsewhere.
-* No stage opens a network connection (sockets refuse to connect during the whole pipeline).
+* No stage opens a network connection (sockets refuse to connect during the whole traced pipeline).
 """
 
 from __future__ import annotations
@@ -176,7 +176,30 @@ def _allowed(path: str, targets: list[Path]) -> bool:
     return False
 
 
-def test_each_stage_writes_only_the_paths_it_was_given(tmp_path: Path, cli: RunCli, monkeypatch: pytest.MonkeyPatch) -> None:
+def _refuse_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Make every way of opening a connection fail (and remember the attempt)."""
+    attempts: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        attempts.append(args)
+        raise OSError("network access attempted during a test that forbids it")
+
+    for name in ("connect", "connect_ex", "sendto"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
+def test_each_stage_writes_only_the_paths_it_was_given_and_stays_offline(tmp_path: Path, cli: RunCli,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline with cwd and $HOME in empty folders, every write traced, and sockets that refuse to connect.
+
+    Accepted exception: matplotlib's own font cache and config folder under $HOME/.cache/matplotlib and
+    $HOME/.config/matplotlib (its documented locations; MPLCONFIGDIR moves them), written the first time
+    matplotlib runs under a $HOME: rebuilding the font list on every report would cost seconds each.
+    """
+    attempts = _refuse_network(monkeypatch)
     home, cwd, inputs, outs = (tmp_path / name for name in ("home", "cwd", "inputs", "outs"))
     for folder in (home, cwd, inputs, outs):
         folder.mkdir()
@@ -199,7 +222,9 @@ def test_each_stage_writes_only_the_paths_it_was_given(tmp_path: Path, cli: RunC
         stray = sorted({path for _, _, path in events if not _allowed(path, targets)})
         assert not stray, f"{argv[0]} wrote outside its outputs: {stray}"
         record("security.stages_traced")
+        record("security.stages_offline")
         record("security.writes_checked", len(events))
+    assert attempts == []
     assert list(cwd.iterdir()) == []
     assert all(p.name in (".cache", ".config") for p in home.iterdir())  # matplotlib's, at most
     assert {p: p.stat().st_mtime_ns for p in inputs.iterdir()} == before_inputs
@@ -207,49 +232,4 @@ def test_each_stage_writes_only_the_paths_it_was_given(tmp_path: Path, cli: RunC
     assert all(v.split("/")[0] in {"run", "x", "clones", "e", "report"} for v in visible), visible
 
 
-def test_report_child_writes_nothing_in_home_or_cwd_but_matplotlibs_cache(tmp_path: Path) -> None:
-    """Through the console script with a fresh $HOME and cwd: nothing lands in cwd, and in $HOME only
-    matplotlib's own font cache and config folder (its documented locations; MPLCONFIGDIR moves them).
-    Known and accepted: rebuilding the font list on every run instead would cost seconds per report."""
-    home, cwd = tmp_path / "home", tmp_path / "cwd"
-    home.mkdir()
-    cwd.mkdir()
-    from mitosis_cli.io.tables import provenance, write_table
-    import pyarrow as pa
-
-    table = write_table(tmp_path / "h.parquet", pa.table({c: [1.0, 0.5] for c in ("epoch", "train_loss", "train_error", "test_loss", "test_error")}),
-                        provenance("history", [], {"config": {"arch": "mlp", "dataset": "x", "width": 8, "seed": 0}}))
-    env = child_env(HOME=str(home))
-    for key in ("MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
-        env.pop(key, None)
-    proc = subprocess.run([str(MITOSIS), "report", str(table), "-o", str(tmp_path / "report"), "--quiet"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert list(cwd.iterdir()) == []
-    written = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
-    assert all(w.startswith((".cache/matplotlib/", ".config/matplotlib/")) for w in written), written
-    record("security.stages_traced")
-
-
 # ------------------------------------------------------------------------------------------- no network
-
-
-def test_no_stage_touches_the_network(tmp_path: Path, cli: RunCli, monkeypatch: pytest.MonkeyPatch) -> None:
-    attempts: list[object] = []
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        attempts.append(args)
-        raise OSError("network access attempted during a test that forbids it")
-
-    for name in ("connect", "connect_ex", "sendto"):
-        monkeypatch.setattr(socket.socket, name, refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    acts = [planted_acts(tmp_path / f"a{s}.h5", seed=s) for s in range(2)]
-    run = tmp_path / "run"
-    for argv in (["train", *TINY_TRAIN, "-o", run], ["extract", run, "-o", tmp_path / "x.h5", "--threads", "1", "--quiet"],
-                 ["clones", acts[0], *TINY_CLONES, "-o", tmp_path / "c"], ["ensemble", *acts, *TINY_ENSEMBLE, "-o", tmp_path / "e.parquet"],
-                 ["report", tmp_path / "e.parquet", "--quiet", "-o", tmp_path / "r"]):
-        assert cli(*argv).code == 0, argv
-        record("security.stages_offline")
-    assert attempts == []
