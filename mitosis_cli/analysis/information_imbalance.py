@@ -12,32 +12,76 @@ information); Delta ~ 1: A says nothing about B.
 
 Conventions (the same in every function of this module)
 -------------------------------------------------------
-* Distances are Euclidean.
-* **Rank** of j for i in space B: ``1 + #{m != i : d_B(i, m) < d_B(i, j)}``. Ranks are exact
+* Distances are Euclidean. The reference distance of a pair is the **direct float64 distance**
+  ``D(i, m) = sum_f (x_if - x_mf)^2``, evaluated in float64 from the input values (the
+  brute-force formula; its square root is monotone, so it orders pairs like the distance).
+* **Rank** of j for i in space B: ``1 + #{m != i : D_B(i, m) < D_B(i, j)}``. Ranks are exact
   (no cap, every point is ranked) and tied points share the lowest rank.
-* **Nearest neighbours** of i (in A): the k points m != i with the smallest distance, ties broken
-  by the lowest index; they are returned ordered by (distance, index).
+* **Nearest neighbours** of i (in A): the k points m != i with the smallest D, ties broken by the
+  lowest index; they are returned ordered by (D, index).
 
-How
----
-Rows of squared distances are produced block by block as ``||x_j||^2 - 2 x_i . x_j`` with one
-float64 GEMM per tile (the ``||x_i||^2`` term is constant along a row, so it changes no
-comparison and is dropped). float64 keeps the cancellation error ~1e-16 of the squared norms:
-only distinct distances that agree to about 15 significant digits could be ordered differently
-from exact arithmetic, and identical points always get identical distances (the same products
-are summed in the same order). No N x N matrix is ever held: row blocks and column tiles are
-sized from ``memory_budget``. All work is done by torch, so ``device="cuda"`` runs the very same
-code on a GPU.
+Every rank and neighbour returned is exactly the one defined by D, whatever shortcut decided it.
+
+How: a fast GEMM filter, and D only where the filter cannot decide
+-------------------------------------------------------------------
+Rows of a *key* ``K(i, m) = ||z_m||^2 - 2 z_i . z_m`` are produced block by block with one GEMM
+per tile (float32 by default: twice the speed of float64 on CPUs and GPUs), where
+``z = s (x - mu)`` are the points shifted by a centre mu (the column means, used when the data
+sit far from the origin) and scaled by a power of two s (used only when values would overflow or
+underflow in float32); both leave the order of distances unchanged. Since
+``K(i, m) + ||z_i||^2 = ||z_i - z_m||^2``, K orders row i like the distances, up to rounding,
+and the rounding is bounded (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed.,
+§3.1: a sum of n products computed in any order, with or without FMA, has an error of at most
+``gamma_n sum |terms|``, ``gamma_n = n u / (1 - n u)``, u the unit roundoff):
+
+    | K(i, m) + ||z_i||^2 - s^2 D(i, m) | <= M_i   for every m != i,
+
+    M_i = 1.01 [ gamma_{d+2} (1 + 2u) (B + 2 sqrt(A_i B))                  (GEMM, d products)
+                 + (2u + 4 delta' + 2 delta'^2 + 5 gamma64_{d+3} + 8 u64) (A_i + B) ]
+          + 4 (d + 4) tiny
+
+with A_i = ||z_i||^2, B = max_m ||z_m||^2, d the dimension, u and tiny the unit roundoff and
+smallest normal number of the GEMM's dtype, u64 = 2^-53, and delta' = delta / (1 - delta)
+where delta bounds the relative error of each stored coordinate of z against s (x - mu)
+(0 when z is the input itself; u + 2 u64 otherwise). The terms cover, in order: the GEMM's
+sums (its d products plus the norm term, Higham's bound with ``sum |z_if z_mf| <=
+||z_i|| ||z_m||``); the rounding of the norms to the GEMM's dtype; the rounding of z against
+s (x - mu) (``| ||a||^2 - ||a - e||^2 | <= (2 delta' + delta'^2)(||z_i|| + ||z_m||)^2`` for
+``a = z_i - z_m``, ``||e|| <= delta' (||z_i|| + ||z_m||)``); the float64 error of D itself
+(``gamma64_{d+2} D``) and of the float64 arithmetic on the thresholds below; underflow. The
+factor 1.01 absorbs the float64 evaluation of A_i, B and M_i.
+
+Hence, in row i, with thresholds rounded *outwards* to the GEMM's dtype:
+
+* rank of j: ``K(i, m) < K(i, j) - 2 M_i`` proves ``D(i, m) < D(i, j)``, and
+  ``K(i, m) >= K(i, j) + 2 M_i`` proves ``D(i, m) >= D(i, j)``; only the m in between (the
+  *band*) are decided by computing D(i, m) and D(i, j) in float64;
+* nearest neighbours: with v the k-th smallest ``K(i, .)``, every m whose D is at most the k-th
+  smallest D has ``K(i, m) <= v + 2 M_i``; D is computed for these candidates only and the k
+  smallest by (D, index) are taken.
+
+So the float32 filter never changes a result; it only decides, with proof, the comparisons that
+are far from a tie. Identical points have D = 0 exactly, and tied points (equal D) always fall
+in the band and are compared through D, so the tie rules hold exactly. When a float32 band is too
+wide to be worth resolving pair by pair (data whose distances differ far below float32's
+resolution of the norms), the block is redone with a float64 GEMM, whose band is ~2^29 times
+narrower; passes that rank many points per row (sorting each row) use float64 from the start.
+No N x N matrix is ever held: row blocks and column tiles are sized from ``memory_budget``. All
+work is done by torch, so ``device="cuda"`` runs the very same code on a GPU (TF32 and other
+reduced-precision GEMMs are switched off for the duration of the call: the bound needs IEEE
+float32).
 
 For many chunks of one full space (:func:`chunk_information_imbalances`) the full-space
 neighbours are found once, each chunk costs one pass over its own (w_c-dimensional) distances,
 and Delta(chunk -> full) for *all* chunks comes from a single pass over the full-space
-distances: each row is sorted once and every chunk's neighbour is ranked by binary search, so
-the W-dimensional distances are computed twice in total rather than once per chunk.
+distances, so the W-dimensional distances are computed twice in total rather than once per
+chunk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -54,43 +98,140 @@ __all__ = [
 #: Working memory (bytes) of one blocked pass, on the chosen device, not counting the inputs.
 DEFAULT_MEMORY_BUDGET = 128 * 2**20
 
-# Ranking more neighbours than this per row: sort the row once and binary-search each
-# neighbour's distance (N log N per row) instead of one comparison pass per neighbour (N each).
+# Ranking more points than this per row: sort the row once and binary-search each point's key
+# (N log N per row) instead of one comparison pass per point (N each).
 _SORT_ABOVE = 32
 
 # A byte lane of an int64 word can accumulate 255 zero-or-one bytes without carrying over.
 _LANE_WORDS = 255
 _PAD = 8 * _LANE_WORDS
 
+# A float32 block whose bands hold more than this fraction of its entries is redone in float64.
+_MAX_BAND_FRACTION = 1 / 64
 
-class _Float64Rows:
-    """Rows of ``x[:, cols]`` in float64, tile by tile, kept whole when they fit ``cache_bytes``."""
+_U64 = 2.0**-53
 
-    def __init__(self, x: torch.Tensor, cols: torch.Tensor | None, cache_bytes: int) -> None:
-        self._x = x
-        self._cols = cols
-        self.n = x.shape[0]
-        self.d = x.shape[1] if cols is None else int(cols.numel())
-        # A tile costs 8 bytes per value, plus 4 for the gathered copy before conversion.
-        per_value = 8 if cols is None else 12
-        self._cache = self._convert(0, self.n) if self.n * self.d * per_value <= cache_bytes else None
-        self.tile = self.n if self._cache is not None else max(1, cache_bytes // (per_value * self.d))
-        self.sq_norms = torch.cat([_row_dots(self.get(s, min(s + self.tile, self.n))) for s in range(0, self.n, self.tile)])
 
-    def _convert(self, start: int, stop: int) -> torch.Tensor:
-        rows = self._x[start:stop]
-        if self._cols is not None:
-            rows = rows.index_select(1, self._cols)
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    return 2.0**-24 if dtype == torch.float32 else _U64
+
+
+def _gamma(n: int, u: float) -> float:
+    """Higham's gamma_n = n u / (1 - n u)."""
+    return n * u / (1.0 - n * u)
+
+
+class _Space:
+    """The points ``x[:, cols]`` of one space, prepared for the GEMM filter and the exact D.
+
+    Holds the GEMM operand ``z = s (x - mu)`` (in ``dtype``, kept whole when it fits
+    ``cache_bytes``, else converted tile by tile), the float32/64 norms of z, each row's
+    margin M_i (module docstring) and the direct float64 distance D of any pairs.
+    """
+
+    def __init__(self, x: torch.Tensor, cols: torch.Tensor | None, dtype: torch.dtype, cache_bytes: int) -> None:
+        self.x, self.cols, self.dtype = x, cols, dtype
+        self.n = n = x.shape[0]
+        self.d = d = x.shape[1] if cols is None else int(cols.numel())
+        self.cache_bytes = cache_bytes
+        # One float64 pass for the centre and the scale: column sums, sum of squares, extremes.
+        tile = max(1, cache_bytes // (24 * d))
+        total = torch.zeros(d, dtype=torch.float64, device=x.device)
+        sq = 0.0
+        lo = torch.full((d,), math.inf, dtype=torch.float64, device=x.device)
+        hi = -lo
+        for s in range(0, n, tile):
+            r = self._raw(s, min(s + tile, n))
+            total += r.sum(0)
+            sq += float(r.square().sum())
+            lo = torch.minimum(lo, r.min(0).values)
+            hi = torch.maximum(hi, r.max(0).values)
+        mu = total / n
+        spread = sq / n - float(mu.square().sum())  # mean ||x_i - mu||^2, only to decide
+        self.centre = float(mu.square().sum()) > spread / 16
+        if not self.centre:
+            mu = torch.zeros_like(mu)
+        self.mu = mu
+        largest = float(torch.maximum(hi - mu, mu - lo).max())
+        self.scale = 1.0
+        if largest > 0 and not 2.0**-40 <= largest <= 2.0**40:
+            self.scale = 2.0 ** -math.frexp(largest)[1]  # max |z| < 1
+        self.exact = not self.centre and self.scale == 1.0 and x.dtype == dtype
+        per_value = torch.finfo(dtype).bits // 8
+        self._cache = self._operand(0, n) if n * d * per_value <= cache_bytes else None
+        self.tile = n if self._cache is not None else max(1, cache_bytes // (3 * 8 * d))
+        sq_norms = []
+        for s in range(0, n, self.tile):
+            rows = self.get(s, min(s + self.tile, n))
+            piece = max(1, 2**20 // max(1, d))
+            sq_norms += [r.to(torch.float64).square().sum(1) for r in rows.split(piece)]
+        a = torch.cat(sq_norms)
+        self.sq_norms = a.to(dtype)  # the GEMM's norm term
+        b = float(a.max()) if n else 0.0
+        u = _unit_roundoff(dtype)
+        delta = 0.0 if self.exact else u + 2 * _U64
+        dp = delta / (1 - delta)
+        c1 = _gamma(d + 2, u) * (1 + 2 * u)
+        c2 = 2 * u + 4 * dp + 2 * dp * dp + 5 * _gamma(d + 3, _U64) + 8 * _U64
+        tiny = torch.finfo(dtype).tiny
+        self.margin = 1.01 * (c1 * (b + 2 * torch.sqrt(a * b)) + c2 * (a + b)) + 4 * (d + 4) * tiny
+
+    def _raw(self, start: int, stop: int) -> torch.Tensor:
+        rows = self.x[start:stop]
+        if self.cols is not None:
+            rows = rows.index_select(1, self.cols)
         return rows.to(torch.float64)
 
+    def _operand(self, start: int, stop: int) -> torch.Tensor:
+        if self.exact:
+            rows = self.x[start:stop]
+            return rows if self.cols is None else rows.index_select(1, self.cols)
+        rows = self._raw(start, stop)
+        if self.centre:
+            rows -= self.mu
+        if self.scale != 1.0:
+            rows *= self.scale
+        return rows.to(self.dtype)
+
     def get(self, start: int, stop: int) -> torch.Tensor:
-        return self._cache[start:stop] if self._cache is not None else self._convert(start, stop)
+        """Rows start..stop-1 of the GEMM operand z."""
+        return self._cache[start:stop] if self._cache is not None else self._operand(start, stop)
+
+    def keys(self, start: int, stop: int, out: torch.Tensor) -> None:
+        """``out[r, m] = K(start + r, m)``, with +inf on the diagonal (a point is not its own neighbour)."""
+        zr = self.get(start, stop)
+        for c0 in range(0, self.n, self.tile):
+            c1 = min(c0 + self.tile, self.n)
+            torch.addmm(self.sq_norms[c0:c1], zr, self.get(c0, c1).T, alpha=-2.0, out=out[:, c0:c1])
+        diag = torch.arange(stop - start, device=out.device)
+        out[diag, diag + start] = torch.inf
+
+    def distances(self, rows: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+        """Direct float64 distances ``D(rows[p], others[p]) = sum_f (x_rf - x_of)^2``.
+
+        Every pair is summed in the same order, so identical points get identical values.
+        """
+        out = torch.empty(rows.numel(), dtype=torch.float64, device=self.x.device)
+        width = self.x.shape[1]
+        step = max(1, self.cache_bytes // (8 * 4 * width))
+        for p in range(0, rows.numel(), step):
+            a = self.x.index_select(0, rows[p : p + step])
+            b = self.x.index_select(0, others[p : p + step])
+            if self.cols is not None:
+                a, b = a.index_select(1, self.cols), b.index_select(1, self.cols)
+            out[p : p + step] = (a.to(torch.float64) - b.to(torch.float64)).square().sum(1)
+        return out
 
 
-def _row_dots(rows: torch.Tensor) -> torch.Tensor:
-    """Squared norm of each row, in pieces of about 8 MiB so the squares never double a tile."""
-    piece = max(1, 2**20 // max(1, rows.shape[1]))
-    return torch.cat([r.square().sum(1) for r in rows.split(piece)])
+def _outward(values: torch.Tensor, dtype: torch.dtype, up: bool) -> torch.Tensor:
+    """float64 values rounded to ``dtype`` away from the inside: down (up=False) or up."""
+    r = values.to(dtype)
+    if dtype == torch.float64:
+        return r
+    back = r.to(torch.float64)
+    towards = torch.full_like(r, math.inf if up else -math.inf)
+    wrong = back < values if up else back > values
+    return torch.where(wrong, torch.nextafter(r, towards), r)
 
 
 def _sorted_rows(blk: torch.Tensor) -> torch.Tensor:
@@ -112,13 +253,176 @@ def _count_true(mask: torch.Tensor) -> torch.Tensor:
     return lanes.view(torch.uint8).view(b, -1).sum(1)
 
 
-def _rows_per_block(n: int, d: int, n_queries: int, budget: int) -> int:
+def _rows_per_block(n: int, d: int, n_queries: int, key_bytes: int, budget: int) -> int:
     """Rows per block so that the block's buffers fit ``budget`` bytes."""
-    per_element = 8 + 1  # float64 distances and a bool comparison mask
+    per_element = key_bytes + 1  # keys and a bool comparison mask
     if n_queries > _SORT_ABOVE:
         per_element += 16  # sorted rows (and, on GPUs, torch.sort's int64 indices)
-    per_row = per_element * (n + _PAD) + 8 * d + 32 * (n_queries + 2)
+    per_row = per_element * (n + _PAD) + 8 * d + 64 * (n_queries + 2)
     return int(max(1, min(n, budget // per_row)))
+
+
+class _TooWide(Exception):
+    """A float32 block whose bands are too wide to resolve pair by pair."""
+
+
+class _Pass:
+    """One blocked pass over the distances of a space: neighbours and/or ranks, block by block."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        cols: torch.Tensor | None,
+        k: int,
+        queries: torch.Tensor | None,
+        block_rows: int | None,
+        memory_budget: int,
+        space: _Space | None = None,
+    ) -> None:
+        if block_rows is not None and block_rows < 1:
+            raise ValueError(f"block_rows must be positive, got {block_rows}")
+        self.x, self.cols, self.k, self.queries = x, cols, k, queries
+        self.n_queries = 0 if queries is None else queries.shape[1]
+        self.budget = memory_budget // 2
+        # Sorting passes need every key's order, so their band must be tiny: float64 from the start.
+        dtype = torch.float64 if self.n_queries > _SORT_ABOVE else torch.float32
+        self.space = space if space is not None and space.dtype == dtype else _Space(x, cols, dtype, self.budget)
+        self._space64 = self.space if dtype == torch.float64 else None
+        n = x.shape[0]
+        self.b = min(n, block_rows) if block_rows else _rows_per_block(n, self.space.d, self.n_queries, 4 if dtype == torch.float32 else 8, self.budget)
+        self.mask = torch.zeros(self.b, -(-n // _PAD) * _PAD, dtype=torch.bool, device=x.device)
+        self.key = torch.empty(self.b, n, dtype=dtype, device=x.device)
+        self._key64: torch.Tensor | None = None if dtype == torch.float32 else self.key
+
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor | None, torch.Tensor | None]]:
+        """Yields ``(start, stop, neighbours, ranks)`` per row block."""
+        n = self.x.shape[0]
+        with _ieee_matmul():
+            for start in range(0, n, self.b):
+                stop = min(start + self.b, n)
+                try:
+                    nb, rk = self._block(self.space, self.key, start, stop)
+                except _TooWide:
+                    if self._space64 is None:
+                        self._space64 = _Space(self.x, self.cols, torch.float64, self.budget)
+                        self._key64 = torch.empty(self.b, n, dtype=torch.float64, device=self.x.device)
+                    nb, rk = self._block(self._space64, self._key64, start, stop)
+                yield start, stop, nb, rk
+
+    def _block(self, space: _Space, key: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        m = stop - start
+        blk = key[:m]
+        space.keys(start, stop, blk)
+        margin = space.margin[start:stop]
+        limit = None if space.dtype == torch.float64 else _MAX_BAND_FRACTION * m * space.n
+        neighbours = self._nearest(space, blk, start, margin, limit) if self.k else None
+        ranks = self._ranks(space, blk, start, margin, limit) if self.queries is not None else None
+        return neighbours, ranks
+
+    # -- nearest neighbours ------------------------------------------------------------------
+
+    def _nearest(self, space: _Space, blk: torch.Tensor, start: int, margin: torch.Tensor, limit: float | None) -> torch.Tensor:
+        m, n = blk.shape
+        k = self.k
+        if k == 1:
+            vk, first = blk.min(dim=1)
+        else:
+            vk = torch.topk(blk, k, dim=1, largest=False).values[:, k - 1]
+        cut = _outward(vk.to(torch.float64) + 2 * margin, blk.dtype, up=True)
+        hits = self.mask[:m]
+        torch.le(blk, cut[:, None], out=hits[:, :n])
+        counts = _count_true(hits)
+        if limit is not None and float(counts.sum()) - m > limit:
+            raise _TooWide
+        if k == 1:
+            rows = torch.nonzero(counts > 1).flatten()
+            out = first.clone()
+            if rows.numel():
+                it, col = torch.nonzero(hits[rows, :n], as_tuple=True)
+                d = space.distances(start + rows[it], col)
+                best = torch.full((rows.numel(),), math.inf, dtype=torch.float64, device=d.device)
+                best = best.scatter_reduce(0, it, d, "amin")
+                win = d == best[it]
+                pick = torch.full((rows.numel(),), n, dtype=torch.int64, device=d.device)
+                out[rows] = pick.scatter_reduce(0, it[win], col[win], "amin")
+            return out[:, None]
+        it, col = torch.nonzero(hits[:, :n], as_tuple=True)
+        d = space.distances(start + it, col)
+        width = int(counts.max())
+        offsets = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(it.numel(), device=it.device) - offsets[it]
+        dist = torch.full((m, width), math.inf, dtype=torch.float64, device=d.device)
+        cand = torch.full((m, width), n, dtype=torch.int64, device=d.device)
+        dist[it, pos] = d
+        cand[it, pos] = col
+        # Candidates are in increasing index within a row: a stable sort by D gives (D, index).
+        order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
+        return cand.gather(1, order)
+
+    # -- ranks -------------------------------------------------------------------------------
+
+    def _ranks(self, space: _Space, blk: torch.Tensor, start: int, margin: torch.Tensor, limit: float | None) -> torch.Tensor:
+        m, n = blk.shape
+        q = self.queries[start : start + m]
+        kj = blk.gather(1, q).to(torch.float64)
+        lo = _outward(kj - 2 * margin[:, None], blk.dtype, up=False)
+        hi = _outward(kj + 2 * margin[:, None], blk.dtype, up=True)
+        own = blk.gather(1, q)
+        own_in = ((own >= lo) & (own < hi)).to(torch.int64)
+        if self.n_queries > _SORT_ABOVE:
+            ordered = _sorted_rows(blk)
+            below = torch.searchsorted(ordered, lo)
+            band = torch.searchsorted(ordered, hi) - below - own_in
+        else:
+            hits = self.mask[:m]
+            below_cols, band_cols = [], []
+            for c in range(self.n_queries):
+                torch.lt(blk, lo[:, c : c + 1], out=hits[:, :n])
+                low = _count_true(hits)
+                torch.lt(blk, hi[:, c : c + 1], out=hits[:, :n])
+                below_cols.append(low)
+                band_cols.append(_count_true(hits) - low)
+            below = torch.stack(below_cols, dim=1)
+            band = torch.stack(band_cols, dim=1) - own_in
+        if limit is not None and float(band.sum()) > limit:
+            raise _TooWide
+        ranks = below + 1
+        r, c = torch.nonzero(band > 0, as_tuple=True)
+        if r.numel():
+            ranks[r, c] += self._resolve(space, blk, start, r, lo[r, c], hi[r, c], q[r, c])
+        return ranks
+
+    def _resolve(
+        self, space: _Space, blk: torch.Tensor, start: int, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, j: torch.Tensor
+    ) -> torch.Tensor:
+        """For each item p: #{m in the band [lo_p, hi_p) of row rows[p], m != j_p : D(i, m) < D(i, j_p)}."""
+        n = blk.shape[1]
+        step = max(1, self.budget // (4 * (blk.element_size() + 1) * n))
+        out = []
+        for p in range(0, rows.numel(), step):
+            r, j_p = rows[p : p + step], j[p : p + step]
+            sub = blk.index_select(0, r)
+            inside = (sub >= lo[p : p + step, None]) & (sub < hi[p : p + step, None])
+            inside[torch.arange(r.numel(), device=r.device), j_p] = False
+            it, col = torch.nonzero(inside, as_tuple=True)
+            d = space.distances(start + r[it], col)
+            t = space.distances(start + r, j_p)
+            out.append(torch.bincount(it[d < t[it]], minlength=r.numel()))
+        return torch.cat(out)
+
+
+@contextlib.contextmanager
+def _ieee_matmul() -> Iterator[None]:
+    """Full IEEE float32 GEMMs (no TF32 or bfloat16 shortcuts) for the duration of a pass."""
+    precision = torch.get_float32_matmul_precision()
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def _blocks(
@@ -128,71 +432,15 @@ def _blocks(
     queries: torch.Tensor | None,
     block_rows: int | None,
     memory_budget: int,
-) -> Iterator[tuple[int, int, torch.Tensor | None, torch.Tensor | None]]:
+    space: _Space | None = None,
+) -> _Pass:
     """One blocked pass over the distances of the space ``x[:, cols]``.
 
-    Yields ``(start, stop, neighbours, ranks)`` per row block: the k nearest neighbours of rows
-    start..stop-1 (if k > 0) and the ranks of the points ``queries[start:stop]`` (if given).
+    Iterating yields ``(start, stop, neighbours, ranks)`` per row block: the k nearest
+    neighbours of rows start..stop-1 (if k > 0) and the ranks of the points
+    ``queries[start:stop]`` (if given), both exact for the direct float64 distance D.
     """
-    n = x.shape[0]
-    n_queries = 0 if queries is None else queries.shape[1]
-    if block_rows is not None and block_rows < 1:
-        raise ValueError(f"block_rows must be positive, got {block_rows}")
-    rows = _Float64Rows(x, cols, memory_budget // 2)
-    b = min(n, block_rows) if block_rows else _rows_per_block(n, rows.d, n_queries, memory_budget // 2)
-    key = torch.empty(b, n, dtype=torch.float64, device=x.device)
-    if 0 < n_queries <= _SORT_ABOVE:
-        mask = torch.zeros(b, -(-n // _PAD) * _PAD, dtype=torch.bool, device=x.device)
-    diag = torch.arange(b, device=x.device)
-    for start in range(0, n, b):
-        stop = min(start + b, n)
-        m = stop - start
-        blk = key[:m]
-        xr = rows.get(start, stop)
-        for c0 in range(0, n, rows.tile):
-            c1 = min(c0 + rows.tile, n)
-            torch.addmm(rows.sq_norms[c0:c1], xr, rows.get(c0, c1).T, alpha=-2.0, out=blk[:, c0:c1])
-        # A point is never its own neighbour, nor counted as closer than one.
-        blk[diag[:m], diag[:m] + start] = torch.inf
-        neighbours = _nearest_in_block(blk, k) if k else None
-        ranks = None
-        if queries is not None:
-            thresholds = blk.gather(1, queries[start:stop])
-            if n_queries > _SORT_ABOVE:
-                ordered = _sorted_rows(blk)
-                ranks = torch.searchsorted(ordered, thresholds) + 1
-            else:
-                hits = mask[:m]
-                counts = []
-                for q in range(n_queries):
-                    torch.lt(blk, thresholds[:, q : q + 1], out=hits[:, :n])
-                    counts.append(_count_true(hits))
-                ranks = torch.stack(counts, dim=1) + 1
-        yield start, stop, neighbours, ranks
-
-
-def _nearest_in_block(blk: torch.Tensor, k: int) -> torch.Tensor:
-    """The k smallest entries' columns per row, ties by lowest column, ordered by (value, column)."""
-    n = blk.shape[1]
-    if k == 1:
-        # torch.min returns the first index among equal minima, which is the tie rule.
-        return blk.min(dim=1).indices[:, None]
-    values, idx = torch.topk(blk, min(k + 1, n - 1), dim=1, largest=False)
-    if k + 1 <= n - 1:
-        # topk picks arbitrarily among values equal to the k-th; redo those rows by lowest index.
-        tied = torch.nonzero(values[:, k] == values[:, k - 1]).flatten()
-        idx = idx[:, :k].clone()
-        if tied.numel():
-            sub = blk[tied]
-            kth = values[tied, k - 1 : k]
-            less = sub < kth
-            equal = sub == kth
-            need = k - less.sum(1, keepdim=True)
-            take = less | (equal & (equal.cumsum(1) <= need))
-            idx[tied] = torch.nonzero(take)[:, 1].view(-1, k)
-    idx = idx.sort(dim=1).values
-    order = blk.gather(1, idx).sort(dim=1, stable=True).indices
-    return idx.gather(1, order)
+    return _Pass(x, cols, k, queries, block_rows, memory_budget, space)
 
 
 def _as_tensor(x: np.ndarray, device: str, name: str) -> torch.Tensor:

@@ -376,7 +376,8 @@ def clones(
     from mitosis_cli.analysis.chunks import parse_sizes
     from mitosis_cli.errors import InputError
     from mitosis_cli.io.activations import read_info
-    from mitosis_cli.io.clone_tables import clones_table, read_error_inf, summary_table, write_clone_tables
+    from mitosis_cli.io.clone_tables import clones_table, summary_table, write_clone_tables
+    from mitosis_cli.io.ensemble_tables import read_error_inf
     from mitosis_cli.io.tables import file_sha256, provenance
 
     if error_inf is not None and ensemble is not None:

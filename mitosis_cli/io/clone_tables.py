@@ -16,11 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from mitosis_cli.errors import InputError
 from mitosis_cli.io.tables import read_table, write_table
 
 CLONES_KIND = "clones"
@@ -94,26 +91,3 @@ def read_clones(path: str | os.PathLike[str]) -> tuple[pa.Table, dict[str, Any]]
 def read_clones_summary(path: str | os.PathLike[str]) -> tuple[pa.Table, dict[str, Any]]:
     """Read and validate a clones-summary.parquet."""
     return read_table(path, SUMMARY_KIND, SUMMARY_SCHEMA.names)
-
-
-def read_error_inf(path: str | os.PathLike[str]) -> float:
-    """error_inf from an ensemble table: the value of its rows kind == "error-inf", metric "error", split "test".
-
-    Raises
-    ------
-    InputError
-        When the table is not an ensemble table or has no (or several different) such value.
-    """
-    table, _ = read_table(path, "ensemble", ("kind", "metric", "split", "value"))
-    rows = table.filter(pc.and_(pc.and_(pc.equal(table["kind"], "error-inf"), pc.equal(table["metric"], "error")),
-                                pc.equal(table["split"], "test")))
-    try:
-        values = np.unique(np.asarray(rows["value"].to_numpy(zero_copy_only=False), dtype=np.float64))
-    except (ValueError, TypeError):  # a foreign table whose value column holds words
-        raise InputError(f"{path}: column 'value' is not numeric (type {table.schema.field('value').type})") from None
-    values = values[np.isfinite(values)]
-    if values.size != 1:
-        found = "no" if values.size == 0 else f"{values.size} different"
-        raise InputError(f"{path}: {found} error-inf value(s) (rows kind='error-inf', metric='error', split='test')",
-                         hint="run `mitosis ensemble` with enough seeds, or pass --error-inf")
-    return float(values[0])

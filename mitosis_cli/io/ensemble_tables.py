@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mitosis_cli.errors import InputError
 from mitosis_cli.io.activations import ActivationInfo, open_activations
@@ -208,12 +209,25 @@ def read_ensemble_table(path: str | os.PathLike[str]) -> tuple[pa.Table, dict[st
 
 
 def read_error_inf(path: str | os.PathLike[str]) -> float:
-    """error_inf of an ensemble table: the test error of the largest ensemble of its widest networks."""
-    table, _ = read_ensemble_table(path)
-    kinds = np.asarray(table.column("kind").to_pylist())
-    values = table.column("value").to_numpy()[kinds == "error-inf"]
-    if len(values) != 1:
-        raise InputError(f"{path}: has {len(values)} error-inf rows, expected 1 (was there a test split?)")
+    """error_inf from an ensemble table: the value of its rows kind == "error-inf", metric "error", split "test".
+
+    Raises
+    ------
+    InputError
+        When the table is not an ensemble table or has no (or several different) such value.
+    """
+    table, _ = read_table(path, "ensemble", ("kind", "metric", "split", "value"))
+    rows = table.filter(pc.and_(pc.and_(pc.equal(table["kind"], "error-inf"), pc.equal(table["metric"], "error")),
+                                pc.equal(table["split"], "test")))
+    try:
+        values = np.unique(np.asarray(rows["value"].to_numpy(zero_copy_only=False), dtype=np.float64))
+    except (ValueError, TypeError):  # a foreign table whose value column holds words
+        raise InputError(f"{path}: column 'value' is not numeric (type {table.schema.field('value').type})") from None
+    values = values[np.isfinite(values)]
+    if values.size != 1:
+        found = "no" if values.size == 0 else f"{values.size} different"
+        raise InputError(f"{path}: {found} error-inf value(s) (rows kind='error-inf', metric='error', split='test')",
+                         hint="run `mitosis ensemble` with enough seeds, or pass --error-inf")
     return float(values[0])
 
 

@@ -67,8 +67,10 @@ def read_table(path: str | os.PathLike[str], kind: str | None = None, columns: S
         raise InputError(f"{path}: not a mitosis table (no 'mitosis' schema metadata)")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):  # damaged bytes need not even be UTF-8
         raise InputError(f"{path}: corrupt mitosis metadata") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: corrupt mitosis metadata (not a JSON object)")
     if kind is not None and meta.get("kind") != kind:
         raise InputError(f"{path}: is a {meta.get('kind')!r} table, expected {kind!r}")
     if meta.get("schema_version") != SCHEMA_VERSION:

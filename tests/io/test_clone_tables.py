@@ -12,10 +12,10 @@ from mitosis_cli.io.clone_tables import (
     clones_table,
     read_clones,
     read_clones_summary,
-    read_error_inf,
     summary_table,
     write_clone_tables,
 )
+from mitosis_cli.io.ensemble_tables import read_error_inf
 from mitosis_cli.io.tables import provenance, write_table
 
 
