@@ -636,7 +636,8 @@ def chunk_information_imbalances(
     out = np.zeros((len(cols), 2))
     if not cols:
         return out
-    nn_full = torch.cat([nb for _, _, nb, _ in _blocks(xt, None, k, None, block_rows, memory_budget)])
+    full = _Space(xt, None, torch.float32, memory_budget // 2)  # shared by both full-space passes
+    nn_full = torch.cat([nb for _, _, nb, _ in _blocks(xt, None, k, None, block_rows, memory_budget, full)])
     nn_chunks = torch.empty(n, len(cols) * k, dtype=torch.int64, device=xt.device)
     for c, col in enumerate(cols):
         total = 0
@@ -645,7 +646,7 @@ def chunk_information_imbalances(
             total += int(r.sum())
         out[c, 1] = total
     sums = torch.zeros(len(cols), dtype=torch.int64, device=xt.device)
-    for _, _, _, r in _blocks(xt, None, 0, nn_chunks, block_rows, memory_budget):
+    for _, _, _, r in _blocks(xt, None, 0, nn_chunks, block_rows, memory_budget, full):
         sums += r.view(r.shape[0], len(cols), k).sum((0, 2))
     out[:, 0] = sums.cpu().numpy()
     return out * (2.0 / (n * n * k))
