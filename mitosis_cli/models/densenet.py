@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mitosis_cli.models.pooled import PooledConvNet
+
 
 class Bottleneck(nn.Module):
     """BN-ReLU-conv1x1(4g)-BN-ReLU-conv3x3(g), concatenated to its input."""
@@ -35,7 +37,7 @@ class Transition(nn.Module):
         return F.avg_pool2d(self.conv(F.relu(self.bn(x))), 2)
 
 
-class DenseNetBC(nn.Module):
+class DenseNetBC(PooledConvNet):
     """DenseNet-BC-`depth` with growth rate g = W/11 for depth 40 (blocks 6-6-6), so W = 11g = 5.5F.
 
     With ``n = (depth - 4) // 6`` layers per block and compression 0.5 the channel count runs
@@ -61,15 +63,6 @@ class DenseNetBC(nn.Module):
         self.final_bn = nn.BatchNorm2d(ch)
         self.ending = ending
         self.head = nn.Linear(ch, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.final_bn(self.blocks(self.stem(x)))
-        if self.ending == "relu":
-            out = F.relu(out)
-        return out.mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 def densenet_width(growth: int, depth: int) -> int:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mitosis_cli.models.pooled import PooledConvNet
+
 
 class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-conv3x3 with an identity or 1x1 shortcut."""
@@ -26,7 +28,7 @@ class PreActBlock(nn.Module):
         return out + skip
 
 
-class WideResNet(nn.Module):
+class WideResNet(PooledConvNet):
     """Wide-ResNet-`depth`-k whose last hidden layer has W = 64k channels.
 
     Groups have W/4, W/2 and W channels (16k, 32k, 64k); the stem has min(16, W/4) channels, which is
@@ -54,12 +56,3 @@ class WideResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.final_bn(self.blocks(self.stem(x)))
-        if self.ending == "relu":
-            out = F.relu(out)
-        return out.mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
