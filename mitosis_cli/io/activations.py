@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,8 @@ class ActivationMeta:
     config: dict[str, Any] = field(default_factory=dict)
     source_sha256: str = ""
     inputs: str = "data"  # "data", or "gaussian-noise" for the noise-input control
+    shard: str = ""  # "K/N" when the file holds rows of shard K of N (extract --shard), else ""
+    shard_rows: dict[str, list[int]] = field(default_factory=dict)  # split -> [start, stop, total rows]
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ def write_activations(
                 "source_sha256": meta.source_sha256,
                 "inputs": meta.inputs,
             }
+            if meta.shard:
+                attrs |= {"shard": meta.shard, "shard_rows": json.dumps(meta.shard_rows, sort_keys=True)}
             h5.attrs.update(attrs)
             h5.create_dataset("head/weight", data=np.asarray(head_weight, dtype=np.float32))
             h5.create_dataset("head/bias", data=np.asarray(head_bias, dtype=np.float32))
@@ -300,3 +304,70 @@ def iter_feature_blocks(path: str | os.PathLike[str], split: str, rows: int = 40
             block = ds[start : start + rows].astype(np.float32, copy=False)
             _check_finite(info, f"{split}/features", block)
             yield block
+
+
+def shard_range(n_rows: int, shard: int, shards: int) -> tuple[int, int]:
+    """Rows [start, stop) of shard `shard` (0-based) of `shards` nearly equal contiguous parts."""
+    return n_rows * shard // shards, n_rows * (shard + 1) // shards
+
+
+def merge_shards(parts: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], rows: int = 4096) -> Path:
+    """Concatenate the shards of one extraction (`extract --shard K/N`) into one activation file.
+
+    Every part must come from the same checkpoint and options, the shards 0..N-1 must each be there
+    once, and their rows must tile each split; the result has no shard attributes, so it is the same
+    file a single `extract` writes (up to its creation time).
+    """
+    infos = [read_info(p) for p in parts]
+    for info in infos:
+        if not info.attrs.get("shard"):
+            raise InputError(f"{info.path}: not a shard (no 'shard' attribute; made by `mitosis extract --shard K/N`)")
+    keyed = {}
+    for info in infos:
+        k, _, n = str(info.attrs["shard"]).partition("/")
+        keyed.setdefault(int(k), []).append((int(n), info))
+    first = infos[0]
+    total_shards = {n for items in keyed.values() for n, _ in items}
+    if len(total_shards) != 1:
+        raise InputError(f"the parts disagree on the number of shards ({', '.join(map(str, sorted(total_shards)))})")
+    (n_shards,) = total_shards
+    missing = sorted(set(range(n_shards)) - set(keyed))
+    doubled = sorted(k for k, items in keyed.items() if len(items) > 1)
+    if missing or doubled:
+        raise InputError(f"shards of {n_shards}: " + "; ".join(
+            ([f"missing {', '.join(map(str, missing))}"] if missing else []) + ([f"given twice {', '.join(map(str, doubled))}"] if doubled else [])))
+    ordered = [keyed[k][0][1] for k in range(n_shards)]
+    for info in ordered[1:]:
+        for key in ("source_sha256", "config", "width", "num_classes", "inputs", "epoch"):
+            if info.attrs.get(key) != first.attrs.get(key):
+                raise InputError(f"{info.path}: its {key} differs from {first.path}'s: not shards of one extraction")
+        if set(info.splits) != set(first.splits):
+            raise InputError(f"{info.path}: holds splits {', '.join(info.splits)}, {first.path} holds {', '.join(first.splits)}")
+    spans = [json.loads(info.attrs["shard_rows"]) for info in ordered]
+    totals = {}
+    for split in first.splits:
+        position, total = 0, spans[0][split][2]
+        for info, span in zip(ordered, spans):
+            start, stop, _ = span[split]
+            if start != position or stop - start != info.splits[split]:
+                raise InputError(f"{info.path}: rows {start}-{stop} of {split!r} do not follow row {position}")
+            position = stop
+        if position != total:
+            raise InputError(f"the shards hold {position} of the {total} rows of {split!r}")
+        totals[split] = total
+    weight, bias = read_head(first.path)
+
+    def stream(split: str) -> Iterator[Batch]:
+        for info in ordered:
+            with open_activations(info.path) as (h5, _):
+                group = h5[split]
+                for start in range(0, info.splits[split], rows):
+                    block = slice(start, start + rows)
+                    yield group["features"][block], group["logits"][block], group["labels"][block]
+
+    meta = ActivationMeta(
+        width=first.width, num_classes=first.num_classes, dataset=first.dataset, arch=first.arch, seed=first.seed,
+        epoch=first.epoch, layer=first.layer, config=first.config, source_sha256=str(first.attrs.get("source_sha256", "")),
+        inputs=str(first.attrs.get("inputs", "data")),
+    )
+    return write_activations(out, meta, weight, bias, {s: (totals[s], stream(s)) for s in first.splits})

@@ -12,7 +12,7 @@ from torch import nn
 
 from mitosis_cli.data import Dataset, load_dataset
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import ActivationMeta, Batch, read_info, write_activations
+from mitosis_cli.io.activations import ActivationMeta, Batch, read_info, shard_range, write_activations
 from mitosis_cli.io.checkpoints import load_checkpoint
 from mitosis_cli.io.tables import file_sha256
 from mitosis_cli.models import build_model
@@ -91,8 +91,8 @@ def extraction_config(trained: TrainedModel, untrained: bool, noise_inputs: bool
 
 
 def extraction_is_current(path: Path, trained: TrainedModel, splits: tuple[str, ...], untrained: bool,
-                          noise_inputs: bool) -> bool:
-    """True when `path` already holds this checkpoint's activations for the same splits and controls."""
+                          noise_inputs: bool, shard: tuple[int, int] | None = None) -> bool:
+    """True when `path` already holds this checkpoint's activations for the same splits, controls and shard."""
     if not path.is_file():
         return False
     try:
@@ -101,7 +101,8 @@ def extraction_is_current(path: Path, trained: TrainedModel, splits: tuple[str, 
         return False  # unreadable or foreign: overwrite it
     return (info.attrs.get("source_sha256") == file_sha256(trained.checkpoint)
             and info.config == extraction_config(trained, untrained, noise_inputs)
-            and set(info.splits) == set(splits))
+            and set(info.splits) == set(splits)
+            and info.attrs.get("shard", "") == (f"{shard[0]}/{shard[1]}" if shard else ""))
 
 
 def extract_activations(
@@ -114,11 +115,14 @@ def extract_activations(
     noise_inputs: bool = False,
     untrained: bool = False,
     device: torch.device | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Path:
     """Write the last hidden layer, logits and labels of `splits` (eval mode, no augmentation) to `out`.
 
     With `noise_inputs`, each split's inputs are replaced by standard Gaussian noise of the same shape
-    (seeded by the run's seed); labels are kept, so accuracies measure chance.
+    (seeded by the run's seed); labels are kept, so accuracies measure chance. With ``shard=(k, n)``
+    only the k-th of n contiguous row ranges of each split is written (`io.activations.merge_shards`
+    joins the parts).
     """
     device = device or torch.device("cpu")
     cfg = trained.config
@@ -129,10 +133,15 @@ def extract_activations(
     arrays = {"train": (data.train_x, data.train_y), "test": (data.test_x, data.test_y)}
     gen = torch.Generator().manual_seed(cfg.seed)
     streams = {}
+    shard_rows = {}
     for name in splits:
         x, y = arrays[name]
-        if noise_inputs:
+        if noise_inputs:  # drawn for the whole split, so shards see the same noise as one extraction
             x = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        if shard is not None:
+            start, stop = shard_range(len(y), *shard)
+            shard_rows[name] = [start, stop, len(y)]
+            x, y = x[start:stop], y[start:stop]
         streams[name] = (len(y), _batches(model, x, y, device))
     config = extraction_config(trained, untrained, noise_inputs)
     meta = ActivationMeta(
@@ -146,6 +155,8 @@ def extract_activations(
         config=config,
         source_sha256=file_sha256(trained.checkpoint),
         inputs="gaussian-noise" if noise_inputs else "data",
+        shard=f"{shard[0]}/{shard[1]}" if shard else "",
+        shard_rows=shard_rows,
     )
     weight = head.weight.detach().float().cpu().numpy()
     bias = head.bias.detach().float().cpu().numpy()

@@ -89,3 +89,22 @@ def test_console_script_and_module(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no such run directory" in bad.stderr
     debug = subprocess.run([str(MITOSIS), "--debug", "extract", str(tmp_path / "nope")], capture_output=True, text=True, env=env)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_sharded_extraction_merges_to_the_single_file(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", *QUICK, "--epochs", "1", "-o", str(run)]) == 0
+    assert main(["extract", str(run), "-o", str(tmp_path / "one.h5"), "--quiet"]) == 0
+    parts = [tmp_path / f"part-{k}.h5" for k in range(3)]
+    for k, part in enumerate(parts):
+        assert main(["extract", str(run), "--shard", f"{k}/3", "-o", str(part), "--quiet"]) == 0
+    with h5py.File(parts[1]) as f:
+        assert f.attrs["shard"] == "1/3" and f["test/features"].shape == (333, 24)
+    assert main(["merge", str(parts[2]), str(parts[0]), str(parts[1]), "-o", str(tmp_path / "merged.h5"), "--quiet"]) == 0
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "merged.h5") as b:
+        assert "shard" not in b.attrs and b.attrs["source_sha256"] == a.attrs["source_sha256"]
+        for key in ("train/features", "train/logits", "train/labels", "test/features", "test/labels", "head/weight"):
+            np.testing.assert_array_equal(a[key][...], b[key][...])
+    assert main(["merge", str(parts[0]), str(parts[1]), "-o", str(tmp_path / "bad.h5")]) == 2  # shard 2 missing
+    assert main(["extract", str(run), "--shard", "3/3", "-o", str(tmp_path / "x.h5")]) == 2
+    assert not (tmp_path / "bad.h5").exists() and not (tmp_path / "x.h5").exists()
