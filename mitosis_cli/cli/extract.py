@@ -56,7 +56,7 @@ def extract(
             say(f"{trained.config.model_spec.label} epoch {trained.epoch}: {', '.join(splits)} -> {target}", quiet)
     if json_out:
         emit_json({"acts": str(target), "splits": list(splits), "width": trained.config.width, "epoch": trained.epoch,
-                   "arch": trained.config.model_spec.label, "checkpoint": str(trained.checkpoint), "skipped": skipped})
+                   "arch": trained.config.model_spec.family, "checkpoint": str(trained.checkpoint), "skipped": skipped})
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -28,6 +28,15 @@ class ModelSpec:
     ending: str
 
     @property
+    def family(self) -> str:
+        """The architecture without its width (the `arch` of an activation file): mlp-2-relu, wrn-28-batchnorm.
+
+        Networks of one family and different widths are what the number of clones is compared across.
+        """
+        base = {"mlp": "mlp", "wrn": "wrn", "densenet": "densenet-bc"}[self.arch]
+        return f"{base}-{self.depth}-{self.ending}"
+
+    @property
     def label(self) -> str:
         """A readable name: mlp-2-w256, wrn-28-8, densenet-bc-40-w176."""
         if self.arch == "wrn":

@@ -148,7 +148,7 @@ def extract_activations(
         width=cfg.width,
         num_classes=trained.num_classes,
         dataset=cfg.dataset,
-        arch=cfg.model_spec.label,
+        arch=cfg.model_spec.family,
         seed=cfg.seed,
         epoch=trained.epoch,
         layer=LAYER_NAME,

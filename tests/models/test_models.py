@@ -42,6 +42,7 @@ def test_wrn_channels_follow_width() -> None:
     convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs[0] == 16 and max(convs) == 128 and 32 in convs and 64 in convs
     assert ModelSpec("wrn", 512, 28, "batchnorm").label == "wrn-28-8"
+    assert ModelSpec("wrn", 512, 28, "batchnorm").family == ModelSpec("wrn", 64, 28, "batchnorm").family == "wrn-28-batchnorm"
 
 
 @pytest.mark.parametrize(
