@@ -12,7 +12,7 @@ _mitosis() {
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W '--debug --help --install-completion --show-completion --version -h' -- "$cur"))
         else
-            COMPREPLY=($(compgen -W 'clones demo ensemble extract report sweep train' -- "$cur"))
+            COMPREPLY=($(compgen -W 'clones demo ensemble extract merge report sweep train' -- "$cur"))
         fi
         return 0
     fi
@@ -25,9 +25,9 @@ _mitosis() {
             positional=files
             ;;
         demo)
-            options='--help --out --quick --quiet --threads -h -o -q'
-            path_options=' --out -o '
-            value_options=' --threads '
+            options='--controls --data-dir --device --dry-run --epochs --help --jobs --json --out --preset --quick --quiet --threads -h -j -o -q'
+            path_options=' --data-dir --out -o '
+            value_options=' --device --epochs --jobs --preset --threads -j '
             positional=none
             ;;
         ensemble)
@@ -37,9 +37,15 @@ _mitosis() {
             positional=files
             ;;
         extract)
-            options='--data-dir --device --epoch --force --help --json --noise-inputs --out --quiet --split --threads --untrained -h -o -q'
+            options='--data-dir --device --epoch --force --help --json --noise-inputs --out --quiet --shard --split --threads --untrained -h -o -q'
             path_options=' --data-dir --out -o '
-            value_options=' --device --epoch --split --threads '
+            value_options=' --device --epoch --shard --split --threads '
+            positional=files
+            ;;
+        merge)
+            options='--help --json --out --quiet -h -o -q'
+            path_options=' --out -o '
+            value_options='  '
             positional=files
             ;;
         report)
