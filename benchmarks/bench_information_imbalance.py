@@ -1,12 +1,15 @@
 """Side-by-side benchmark: exact Information Imbalance of chunks, mitosis vs DADApy.
 
 Both compute, for every chunk S of a layer X (N x W), Delta(S -> full) and Delta(full -> S)
-with exact ranks: mitosis with ``chunk_information_imbalances`` (blocked float64 GEMMs, torch),
+with exact ranks: mitosis with ``chunk_information_imbalances`` (blocked float32 GEMMs with a
+proven error band, comparisons inside the band redone on float64 distances; torch),
 DADApy 0.3.4 with ``MetricComparisons(coordinates=X, maxk=N - 1)`` and
 ``return_inf_imb_full_selected_coords`` (full neighbour tables from scikit-learn, so maxk = N - 1
 ranks every point: the exact mode). Each runs in a fresh subprocess with the same thread count;
 the child reports its wall time and its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, which
-includes the interpreter and imports, reported separately as the baseline).
+includes the interpreter and imports, reported separately as the baseline). The 1-minute load
+average is recorded before and after each worker: on a shared machine it says how much the
+wall times are inflated.
 
 The features have planted clones: ``W / clone_size`` noisy linear copies of one latent signal.
 Chunks follow the paper's grid (sizes 1, 2, 4, ..., W), ``--repeats`` random chunks per size,
@@ -120,10 +123,14 @@ def run_worker(python: Path, name: str, data: Path, threads: int, timeout: float
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = str(ROOT)
     cmd = [str(python), str(Path(__file__).resolve()), "--worker", name, "--data", str(data), "--threads", str(threads)]
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} worker failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["load_average_before"] = load_before
+    result["load_average_after"] = os.getloadavg()[0]
+    return result
 
 
 def setup_dadapy() -> None:

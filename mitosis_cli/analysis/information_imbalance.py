@@ -36,9 +36,12 @@ and the rounding is bounded (Higham, *Accuracy and Stability of Numerical Algori
 
     | K(i, m) + ||z_i||^2 - s^2 D(i, m) | <= M_i   for every m != i,
 
-    M_i = 1.01 [ gamma_{d+2} (1 + 2u) (B + 2 sqrt(A_i B))                  (GEMM, d products)
+    M_i = 1.01 [ g (1 + 2u) (B + 2 sqrt(A_i B))                             (GEMM, d products)
                  + (2u + 4 delta' + 2 delta'^2 + 5 gamma64_{d+3} + 8 u64) (A_i + B) ]
           + 4 (d + 4) tiny
+
+    g = gamma_{d+2}                                 (one GEMM over all d features)
+    g = gamma_{s+1} + gamma_S (1 + gamma_{s+1})     (S GEMMs of <= s features, added one by one)
 
 with A_i = ||z_i||^2, B = max_m ||z_m||^2, d the dimension, u and tiny the unit roundoff and
 smallest normal number of the GEMM's dtype, u64 = 2^-53, and delta' = delta / (1 - delta)
@@ -60,12 +63,18 @@ Hence, in row i, with thresholds rounded *outwards* to the GEMM's dtype:
   smallest D has ``K(i, m) <= v + 2 M_i``; D is computed for these candidates only and the k
   smallest by (D, index) are taken.
 
+Passes that rank several points per row over a wide space (and any pass whose bands turn out
+too wide) sum their float32 GEMM in slabs of 256 features: the bound then grows with
+256 + d / 256 rather than d (8x narrower bands at d = 2048, for one extra addition per slab),
+because each slab's GEMM only accumulates its own products.
+
 So the float32 filter never changes a result; it only decides, with proof, the comparisons that
 are far from a tie. Identical points have D = 0 exactly, and tied points (equal D) always fall
-in the band and are compared through D, so the tie rules hold exactly. When a float32 band is too
+in the band and are compared through D, so the tie rules hold exactly. When a float32 band is still too
 wide to be worth resolving pair by pair (data whose distances differ far below float32's
-resolution of the norms), the block is redone with a float64 GEMM, whose band is ~2^29 times
-narrower; passes that rank many points per row (sorting each row) use float64 from the start.
+resolution of the norms), the block and the rest of its pass are done with float64 GEMMs, whose
+bands are ~2^29 times narrower (the same proof, with float64's u); passes that rank many points
+per row (sorting each row) use float64 from the start.
 No N x N matrix is ever held: row blocks and column tiles are sized from ``memory_budget``. All
 work is done by torch, so ``device="cuda"`` runs the very same code on a GPU (TF32 and other
 reduced-precision GEMMs are switched off for the duration of the call: the bound needs IEEE
@@ -106,8 +115,13 @@ _SORT_ABOVE = 32
 _LANE_WORDS = 255
 _PAD = 8 * _LANE_WORDS
 
-# A float32 block whose bands hold more than this fraction of its entries is redone in float64.
-_MAX_BAND_FRACTION = 1 / 64
+# A float32 block whose bands need more than one pair resolved per _PAIR_COST keys is redone,
+# with the rest of its pass, in float64 (a resolved pair costs ~2 d scattered reads; a float64
+# GEMM about twice a float32 one).
+_PAIR_COST = 256
+
+# Features per slab when wide float32 GEMMs are summed in slabs (see _Space.margin).
+_SLAB = 256
 
 _U64 = 2.0**-53
 
@@ -158,23 +172,43 @@ class _Space:
             self.scale = 2.0 ** -math.frexp(largest)[1]  # max |z| < 1
         self.exact = not self.centre and self.scale == 1.0 and x.dtype == dtype
         per_value = torch.finfo(dtype).bits // 8
-        self._cache = self._operand(0, n) if n * d * per_value <= cache_bytes else None
+        fits = (self.exact and cols is None) or n * d * per_value <= cache_bytes  # the input itself costs nothing
+        self._cache = self._operand(0, n) if fits else None
         self.tile = n if self._cache is not None else max(1, cache_bytes // (3 * 8 * d))
         sq_norms = []
         for s in range(0, n, self.tile):
             rows = self.get(s, min(s + self.tile, n))
             piece = max(1, 2**20 // max(1, d))
             sq_norms += [r.to(torch.float64).square().sum(1) for r in rows.split(piece)]
-        a = torch.cat(sq_norms)
-        self.sq_norms = a.to(dtype)  # the GEMM's norm term
-        b = float(a.max()) if n else 0.0
-        u = _unit_roundoff(dtype)
+        self._a = torch.cat(sq_norms)
+        self.sq_norms = self._a.to(dtype)  # the GEMM's norm term
+        # Raw coordinates of a chunk, for the exact distances, when small enough to keep.
+        self._raw_chunk = None
+        if cols is not None and n * d * x.element_size() <= cache_bytes // 4:
+            self._raw_chunk = x.index_select(1, cols)
+
+    def margin(self, slab: int) -> torch.Tensor:
+        """M_i of every row (module docstring) for GEMMs summed in slabs of ``slab`` features.
+
+        One slab: Higham's bound for d + 1 terms (d products and the norm), gamma_{d+2} with
+        room to spare. S > 1 slabs of at most s features, each a GEMM of its own added to the
+        running key: gamma_{s+1} within a slab plus gamma_S for the S additions, each relative
+        to the same sum of absolute terms, so gamma_{s+1} + gamma_S (1 + gamma_{s+1}) replaces
+        gamma_{d+2}: about d / (s + S) times narrower bands.
+        """
+        a, d, u = self._a, self.d, _unit_roundoff(self.dtype)
+        b = float(a.max()) if self.n else 0.0
+        n_slabs = -(-d // slab)
+        if n_slabs > 1:
+            g = _gamma(slab + 1, u) + _gamma(n_slabs, u) * (1 + _gamma(slab + 1, u))
+        else:
+            g = _gamma(d + 2, u)
         delta = 0.0 if self.exact else u + 2 * _U64
         dp = delta / (1 - delta)
-        c1 = _gamma(d + 2, u) * (1 + 2 * u)
+        c1 = g * (1 + 2 * u)
         c2 = 2 * u + 4 * dp + 2 * dp * dp + 5 * _gamma(d + 3, _U64) + 8 * _U64
-        tiny = torch.finfo(dtype).tiny
-        self.margin = 1.01 * (c1 * (b + 2 * torch.sqrt(a * b)) + c2 * (a + b)) + 4 * (d + 4) * tiny
+        tiny = torch.finfo(self.dtype).tiny
+        return 1.01 * (c1 * (b + 2 * torch.sqrt(a * b)) + c2 * (a + b)) + 4 * (d + 4) * tiny
 
     def _raw(self, start: int, stop: int) -> torch.Tensor:
         rows = self.x[start:stop]
@@ -197,12 +231,21 @@ class _Space:
         """Rows start..stop-1 of the GEMM operand z."""
         return self._cache[start:stop] if self._cache is not None else self._operand(start, stop)
 
-    def keys(self, start: int, stop: int, out: torch.Tensor) -> None:
-        """``out[r, m] = K(start + r, m)``, with +inf on the diagonal (a point is not its own neighbour)."""
+    def keys(self, start: int, stop: int, out: torch.Tensor, slab: int, scratch: torch.Tensor | None) -> None:
+        """``out[r, m] = K(start + r, m)``, with +inf on the diagonal (a point is not its own neighbour).
+
+        Summed in slabs of ``slab`` features (``scratch`` holds one slab's product) when d > slab.
+        """
         zr = self.get(start, stop)
         for c0 in range(0, self.n, self.tile):
             c1 = min(c0 + self.tile, self.n)
-            torch.addmm(self.sq_norms[c0:c1], zr, self.get(c0, c1).T, alpha=-2.0, out=out[:, c0:c1])
+            zc = self.get(c0, c1)
+            part = out[:, c0:c1]
+            torch.addmm(self.sq_norms[c0:c1], zr[:, :slab], zc[:, :slab].T, alpha=-2.0, out=part)
+            for f0 in range(slab, self.d, slab):
+                tmp = scratch[: stop - start, : c1 - c0]
+                torch.mm(zr[:, f0 : f0 + slab], zc[:, f0 : f0 + slab].T, out=tmp)
+                part.add_(tmp, alpha=-2.0)
         diag = torch.arange(stop - start, device=out.device)
         out[diag, diag + start] = torch.inf
 
@@ -212,14 +255,18 @@ class _Space:
         Every pair is summed in the same order, so identical points get identical values.
         """
         out = torch.empty(rows.numel(), dtype=torch.float64, device=self.x.device)
-        width = self.x.shape[1]
-        step = max(1, self.cache_bytes // (8 * 4 * width))
+        src = self.x if self._raw_chunk is None else self._raw_chunk
+        cols = self.cols if self._raw_chunk is None else None
+        width = src.shape[1]
+        step = max(1, min(256, self.cache_bytes // (8 * 4 * width)))  # a few cache-sized pieces
         for p in range(0, rows.numel(), step):
-            a = self.x.index_select(0, rows[p : p + step])
-            b = self.x.index_select(0, others[p : p + step])
-            if self.cols is not None:
-                a, b = a.index_select(1, self.cols), b.index_select(1, self.cols)
-            out[p : p + step] = (a.to(torch.float64) - b.to(torch.float64)).square().sum(1)
+            a = src.index_select(0, rows[p : p + step])
+            b = src.index_select(0, others[p : p + step])
+            if cols is not None:
+                a, b = a.index_select(1, cols), b.index_select(1, cols)
+            diff = a.to(torch.float64)
+            diff -= b
+            out[p : p + step] = diff.square_().sum(1)
         return out
 
 
@@ -287,12 +334,32 @@ class _Pass:
         # Sorting passes need every key's order, so their band must be tiny: float64 from the start.
         dtype = torch.float64 if self.n_queries > _SORT_ABOVE else torch.float32
         self.space = space if space is not None and space.dtype == dtype else _Space(x, cols, dtype, self.budget)
-        self._space64 = self.space if dtype == torch.float64 else None
+        d = self.space.d
+        # Ranking several points per row usually meets thresholds in the bulk of the distances,
+        # where many keys lie within a band: sum wide float32 GEMMs in slabs to narrow it.
+        # Neighbour searches look near the smallest keys, where few keys lie.
+        self.slab = _SLAB if dtype == torch.float32 and self.n_queries > 1 and d > 2 * _SLAB else d
         n = x.shape[0]
-        self.b = min(n, block_rows) if block_rows else _rows_per_block(n, self.space.d, self.n_queries, 4 if dtype == torch.float32 else 8, self.budget)
+        # Room for float64 keys, or float32 keys plus a slab's product, in every pass.
+        self.b = min(n, block_rows) if block_rows else _rows_per_block(n, d, self.n_queries, 8, self.budget)
         self.mask = torch.zeros(self.b, -(-n // _PAD) * _PAD, dtype=torch.bool, device=x.device)
         self.key = torch.empty(self.b, n, dtype=dtype, device=x.device)
-        self._key64: torch.Tensor | None = None if dtype == torch.float32 else self.key
+        self.scratch = torch.empty(self.b, self.space.tile, device=x.device) if self.slab < d else None
+        self.margin = self.space.margin(self.slab)
+
+    def _narrower(self) -> None:
+        """Narrower bands for the rest of the pass: float32 in slabs if not yet, else float64."""
+        d = self.space.d
+        if self.space.dtype == torch.float32 and self.slab == d and d > 2 * _SLAB:
+            self.slab = _SLAB
+            self.scratch = torch.empty(self.b, self.space.tile, device=self.x.device)
+            self.margin = self.space.margin(self.slab)
+            return
+        self.key = self.scratch = None
+        self.space = _Space(self.x, self.cols, torch.float64, self.budget)
+        self.slab = self.space.d
+        self.key = torch.empty(self.b, self.x.shape[0], dtype=torch.float64, device=self.x.device)
+        self.margin = self.space.margin(self.slab)
 
     def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor | None, torch.Tensor | None]]:
         """Yields ``(start, stop, neighbours, ranks)`` per row block."""
@@ -300,21 +367,21 @@ class _Pass:
         with _ieee_matmul():
             for start in range(0, n, self.b):
                 stop = min(start + self.b, n)
-                try:
-                    nb, rk = self._block(self.space, self.key, start, stop)
-                except _TooWide:
-                    if self._space64 is None:
-                        self._space64 = _Space(self.x, self.cols, torch.float64, self.budget)
-                        self._key64 = torch.empty(self.b, n, dtype=torch.float64, device=self.x.device)
-                    nb, rk = self._block(self._space64, self._key64, start, stop)
+                while True:
+                    try:
+                        nb, rk = self._block(start, stop)
+                        break
+                    except _TooWide:
+                        self._narrower()
                 yield start, stop, nb, rk
 
-    def _block(self, space: _Space, key: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        m = stop - start
-        blk = key[:m]
-        space.keys(start, stop, blk)
-        margin = space.margin[start:stop]
-        limit = None if space.dtype == torch.float64 else _MAX_BAND_FRACTION * m * space.n
+    def _block(self, start: int, stop: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        space, m = self.space, stop - start
+        blk = self.key[:m]
+        space.keys(start, stop, blk, self.slab, self.scratch)
+        margin = self.margin[start:stop]
+        # Resolving a pair costs about as much as ~_PAIR_COST GEMM entries of a float64 block.
+        limit = None if space.dtype == torch.float64 else m * space.n / _PAIR_COST
         neighbours = self._nearest(space, blk, start, margin, limit) if self.k else None
         ranks = self._ranks(space, blk, start, margin, limit) if self.queries is not None else None
         return neighbours, ranks
@@ -332,7 +399,7 @@ class _Pass:
         hits = self.mask[:m]
         torch.le(blk, cut[:, None], out=hits[:, :n])
         counts = _count_true(hits)
-        if limit is not None and float(counts.sum()) - m > limit:
+        if limit is not None and float(counts.sum()) - (m if k == 1 else 0) > limit:
             raise _TooWide
         if k == 1:
             rows = torch.nonzero(counts > 1).flatten()
@@ -384,7 +451,7 @@ class _Pass:
                 band_cols.append(_count_true(hits) - low)
             below = torch.stack(below_cols, dim=1)
             band = torch.stack(band_cols, dim=1) - own_in
-        if limit is not None and float(band.sum()) > limit:
+        if limit is not None and float(band.sum() + (band > 0).sum()) > limit:
             raise _TooWide
         ranks = below + 1
         r, c = torch.nonzero(band > 0, as_tuple=True)
@@ -602,8 +669,9 @@ def chunk_information_imbalances(
     :func:`information_imbalance` (X, X_S), computed exactly with the module's tie rules.
 
     Cost: two passes over the full-space distances in all (neighbours once; one pass that
-    ranks every chunk's neighbours at once, by sorting each row) plus one pass per chunk over
-    its own w_c-dimensional distances; memory stays within ``memory_budget`` per pass plus
+    ranks every chunk's neighbours at once) plus one pass per distinct chunk over its own
+    w_c-dimensional distances (repeated chunks are computed once; a chunk of all columns in
+    order is the full space and costs no pass); memory stays within ``memory_budget`` per pass plus
     N x len(chunks) x k neighbour indices.
 
     Parameters
@@ -625,28 +693,44 @@ def chunk_information_imbalances(
     xt = _as_tensor(x_full, device, "x_full")
     n, w = xt.shape
     _check_k(n, k)
-    cols = []
+    # Identical chunks (the full-width chunk of every repeat, say) have identical imbalances:
+    # each distinct chunk is computed once. A chunk of all columns in order *is* the full space
+    # (the same D, summed in the same order), so it needs no pass of its own either.
+    distinct: dict[bytes, int] = {}
+    which = []
     for c, chunk in enumerate(chunks):
         idx = np.asarray(chunk)
         if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(f"chunk {c} must be a non-empty 1-D integer array of column indices")
         if idx.min() < 0 or idx.max() >= w:
             raise ValueError(f"chunk {c} has column indices outside 0..{w - 1}")
-        cols.append(torch.from_numpy(idx.astype(np.int64)).to(xt.device))
-    out = np.zeros((len(cols), 2))
-    if not cols:
+        which.append(distinct.setdefault(idx.astype(np.int64).tobytes(), len(distinct)))
+    out = np.zeros((len(which), 2))
+    if not which:
         return out
+    everything = np.arange(w, dtype=np.int64).tobytes()
+    cols = [torch.from_numpy(np.frombuffer(key, dtype=np.int64).copy()).to(xt.device) for key in distinct if key != everything]
+    sums = np.zeros((len(distinct), 2))
     full = _Space(xt, None, torch.float32, memory_budget // 2)  # shared by both full-space passes
     nn_full = torch.cat([nb for _, _, nb, _ in _blocks(xt, None, k, None, block_rows, memory_budget, full)])
+    if everything in distinct:
+        # Rank, in the full space, of each point's own q-th nearest neighbour: 1 + the number of
+        # its k nearest neighbours strictly closer (any strictly closer point is among them).
+        rows = torch.arange(n, device=xt.device).repeat_interleave(k)
+        d = full.distances(rows, nn_full.flatten()).view(n, k)
+        sums[distinct[everything]] = int((d[:, None, :] < d[:, :, None]).sum()) + n * k
+    others = [i for key, i in distinct.items() if key != everything]
     nn_chunks = torch.empty(n, len(cols) * k, dtype=torch.int64, device=xt.device)
     for c, col in enumerate(cols):
         total = 0
         for start, stop, nb, r in _blocks(xt, col, k, nn_full, block_rows, memory_budget):
             nn_chunks[start:stop, c * k : (c + 1) * k] = nb
             total += int(r.sum())
-        out[c, 1] = total
-    sums = torch.zeros(len(cols), dtype=torch.int64, device=xt.device)
-    for _, _, _, r in _blocks(xt, None, 0, nn_chunks, block_rows, memory_budget, full):
-        sums += r.view(r.shape[0], len(cols), k).sum((0, 2))
-    out[:, 0] = sums.cpu().numpy()
+        sums[others[c], 1] = total
+    if cols:
+        to_full = torch.zeros(len(cols), dtype=torch.int64, device=xt.device)
+        for _, _, _, r in _blocks(xt, None, 0, nn_chunks, block_rows, memory_budget, full):
+            to_full += r.view(r.shape[0], len(cols), k).sum((0, 2))
+        sums[others, 0] = to_full.cpu().numpy()
+    out[:] = sums[which]
     return out * (2.0 / (n * n * k))

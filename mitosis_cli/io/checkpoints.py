@@ -45,8 +45,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             raise InputError(f"{path}: refused: the checkpoint holds objects other than tensors and plain values "
                              f"(it could run code when loaded)") from err
         raise InputError(f"{path}: not a readable checkpoint (not a torch file, or corrupt)") from err
-    except Exception as err:  # noqa: BLE001 - torch's weights-only unpickler fails on garbage with any error
-        # (IndexError, KeyError, struct.error, ... besides RuntimeError/EOFError/BadZipFile): all mean unreadable.
+    except Exception as err:
+        # torch's weights-only unpickler fails on garbage with any error (IndexError, KeyError, struct.error, ...
+        # besides RuntimeError/EOFError/BadZipFile): all of them mean an unreadable checkpoint.
         detail = (str(err).splitlines() or [type(err).__name__])[0][:100]  # an empty file raises EOFError("")
         raise InputError(f"{path}: not a readable checkpoint (truncated or corrupt: {detail})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.neighbors import NearestNeighbors
 
+from mitosis_cli.analysis import information_imbalance as ii
 from mitosis_cli.analysis.information_imbalance import (
     chunk_information_imbalances,
     information_imbalance,
@@ -158,6 +159,22 @@ def test_chunks_match_pairwise_imbalances(repeats: int) -> None:
         assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], 3), abs=1e-12)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_repeated_and_full_width_chunks(k: int) -> None:
+    # Repeated chunks are computed once and a chunk of all columns in order is the full space
+    # itself: both shortcuts must give the reference values, ties included.
+    rng = np.random.default_rng(12 + k)
+    x = _with_ties(rng, 60, 6)
+    everything, pair = np.arange(6), np.array([1, 4])
+    chunks = [everything, pair, everything[::-1].copy(), pair, everything, np.array([2])]
+    got = chunk_information_imbalances(x, chunks, k=k, block_rows=13)
+    for (to_full, from_full), chunk in zip(got, chunks):
+        assert to_full == pytest.approx(_ref_imbalance(x[:, chunk], x, k), abs=1e-12)
+        assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], k), abs=1e-12)
+    np.testing.assert_array_equal(got[0], got[4])
+    np.testing.assert_array_equal(got[1], got[3])
+
+
 def test_chunk_with_planted_clones() -> None:
     # Four copies (plus small noise) of an 8-dimensional signal: a chunk holding one whole copy
     # reproduces the layer's neighbourhoods; a single neuron does not.
@@ -172,6 +189,111 @@ def test_chunk_with_planted_clones() -> None:
 
 def test_no_chunks() -> None:
     assert chunk_information_imbalances(np.zeros((5, 3)), []).shape == (0, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The float32 filter: data whose float32 GEMM keys collide or swap must still give the float64
+# answer (every comparison inside the proven error band is redone with the direct distance).
+
+
+def _check_against_reference(x: np.ndarray, k: int, rng: np.random.Generator, **kw) -> None:
+    n = len(x)
+    np.testing.assert_array_equal(nearest_neighbours(x, k, **kw), _ref_neighbours(x, k))
+    for q in (1, 40):  # few queries: comparison passes (float32 filter); many: sorted rows (float64)
+        others = np.array([rng.permutation(np.delete(np.arange(n), i))[:q] for i in range(n)])
+        np.testing.assert_array_equal(neighbour_ranks(x, others, **kw), _ref_ranks(x, others))
+
+
+def _shell(rng: np.random.Generator, n: int, d: int, rel: float) -> np.ndarray:
+    """Point 0 at the origin, the others at squared distances 1 + m * rel from it, in shuffled
+    order: float32 (resolution ~6e-8) cannot order them when rel ~ 1e-9, float64 can."""
+    v = rng.normal(size=(n - 1, d))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    radii = np.sqrt(1 + rng.permutation(n - 1) * rel)
+    return np.concatenate([np.zeros((1, d)), v * radii[:, None]])
+
+
+@pytest.mark.parametrize("d", [3, 40])
+def test_distances_closer_than_float32_resolution(d: int) -> None:
+    rng = np.random.default_rng(20 + d)
+    x = _shell(rng, 60, d, 1e-9)
+    # Around point 0 the order of the other points is set by differences of 1e-9 alone.
+    order = np.argsort(((x - x[0]) ** 2).sum(1)[1:]) + 1
+    np.testing.assert_array_equal(nearest_neighbours(x, 59)[0], order)
+    ranks = neighbour_ranks(x, np.array([order[::-1]] + [[0] * 59] * 59))[0]
+    np.testing.assert_array_equal(ranks, np.arange(59, 0, -1))
+    _check_against_reference(x, 3, rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_offset_tiny_differences(dtype: type) -> None:
+    # 1e4 + multiples of 2^-10: exact in float32 and float64, but ||x||^2 ~ 1e8 d hides the
+    # differences (~1e-6) from float32 GEMM keys unless the points are centred.
+    rng = np.random.default_rng(30)
+    x = (1e4 + rng.integers(0, 4, size=(70, 3)) / 1024).astype(dtype)
+    _check_against_reference(x, 2, rng)
+    assert information_imbalance(x, x[:, :1], 2) == pytest.approx(_ref_imbalance(x, x[:, :1], 2), abs=1e-12)
+
+
+def test_two_far_clusters_defeat_float32_and_float64_keys() -> None:
+    # Clusters at +-2^26 (centring cannot help: the mean is ~0) with differences of 2^-20:
+    # squared norms ~2^52 d, so even float64 GEMM keys (resolution ~d) cannot see squared
+    # distances of ~2^-40; only the direct differences can, and the result must match them.
+    rng = np.random.default_rng(31)
+    n = 64
+    sign = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)[:, None]
+    x = sign * 2.0**26 + rng.integers(0, 4, size=(n, 2)) * 2.0**-20
+    _check_against_reference(x, 3, rng)
+    chunks = [np.array([0]), np.array([1]), np.array([0, 1])]
+    got = chunk_information_imbalances(x, chunks, k=2, block_rows=16)
+    for (to_full, from_full), chunk in zip(got, chunks):
+        assert to_full == pytest.approx(_ref_imbalance(x[:, chunk], x, 2), abs=1e-12)
+        assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], 2), abs=1e-12)
+
+
+@pytest.mark.parametrize("scale", [2.0**-100, 2.0**100])
+def test_values_that_would_underflow_or_overflow_float32(scale: float) -> None:
+    # Powers of two keep the ties of the few-valued points exact in float64.
+    rng = np.random.default_rng(32)
+    x = _with_ties(rng, 50, 3).astype(np.float64) * scale
+    x[:5] += rng.normal(size=(5, 3)) * scale
+    _check_against_reference(x, 2, rng)
+
+
+@pytest.mark.parametrize(("slab", "pair_cost"), [(4, 1e-9), (4, 1e9), (10**6, 1e9)])
+def test_slabs_and_float64_fallback(monkeypatch: pytest.MonkeyPatch, slab: int, pair_cost: float) -> None:
+    # Slabs of 4 features exercise the slab-summed GEMM; a tiny pair cost never falls back to
+    # float64, a huge one falls back at the first pair to resolve.
+    monkeypatch.setattr(ii, "_SLAB", slab)
+    monkeypatch.setattr(ii, "_PAIR_COST", pair_cost)
+    rng = np.random.default_rng(33)
+    x = _with_ties(rng, 70, 12)
+    _check_against_reference(x, 3, rng, block_rows=16)
+    x = _shell(rng, 50, 12, 1e-9)
+    _check_against_reference(x, 2, rng, block_rows=7)
+    chunks = [rng.choice(12, size, replace=False) for size in (1, 3, 12)]
+    got = chunk_information_imbalances(x, chunks, k=2, block_rows=9)
+    for (to_full, from_full), chunk in zip(got, chunks):
+        assert to_full == pytest.approx(_ref_imbalance(x[:, chunk], x, 2), abs=1e-12)
+        assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], 2), abs=1e-12)
+
+
+def test_margin_bounds_the_float32_key_error() -> None:
+    # The proven bound, checked directly: |K(i, m) + ||z_i||^2 - D(i, m)| <= M_i for all pairs.
+    rng = np.random.default_rng(34)
+    x = rng.normal(size=(300, 700)) + 3.0
+    xt = torch.from_numpy(x)
+    for slab in (700, 64):
+        space = ii._Space(xt, None, torch.float32, 2**30)
+        key = torch.empty(300, 300)
+        space.keys(0, 300, key, slab, torch.empty(300, 300))
+        z = space.get(0, 300).double()
+        d = torch.cdist(xt, xt, compute_mode="donot_use_mm_for_euclid_dist") ** 2 * space.scale**2
+        err = (key.double() + (z**2).sum(1, keepdim=True) - d).abs()
+        err.fill_diagonal_(0)
+        margin = space.margin(slab)
+        assert (err <= margin[:, None]).all()
+        assert float((err / margin[:, None]).max()) < 0.5  # the bound is not vacuous either
 
 
 # ---------------------------------------------------------------------------------------------

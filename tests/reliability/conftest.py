@@ -225,7 +225,7 @@ def assert_same_state(a: Any, b: Any, where: str = "") -> None:
         assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
         for key in a:
             if key == "history":
-                strip = lambda text: [{k: v for k, v in row.items() if k not in VOLATILE_COLUMNS} for row in json.loads(text)]  # noqa: E731
+                strip = lambda text: [{k: v for k, v in row.items() if k not in VOLATILE_COLUMNS} for row in json.loads(text)]
                 assert strip(a[key]) == strip(b[key]), f"{where}/history differs"
             elif key != "seconds_in_epoch":
                 assert_same_state(a[key], b[key], f"{where}/{key}")

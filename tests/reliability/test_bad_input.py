@@ -30,8 +30,19 @@ import torch
 
 from mitosis_cli.io.tables import provenance, write_table
 
-from .conftest import (MITOSIS, TINY_CLONES, TINY_ENSEMBLE, TINY_TRAIN, Result, RunCli, assert_clean_failure, child_env,
-                       planted_acts, record, snapshot)
+from .conftest import (
+    MITOSIS,
+    TINY_CLONES,
+    TINY_ENSEMBLE,
+    TINY_TRAIN,
+    Result,
+    RunCli,
+    assert_clean_failure,
+    child_env,
+    planted_acts,
+    record,
+    snapshot,
+)
 
 # ------------------------------------------------------------------------------- activation files (HDF5)
 
@@ -521,7 +532,7 @@ def test_console_script_bad_inputs_are_one_line_exit_2(tmp_path: Path) -> None:
     table = _random_bytes(tmp_path / "bad.parquet", 100)
     before = snapshot(tmp_path)
     for argv, named in ((["clones", acts, "-o", tmp_path / "o"], acts), (["report", table, "-o", tmp_path / "r"], table)):
-        proc = subprocess.run([str(MITOSIS), *map(str, argv)], capture_output=True, text=True, env=child_env(), timeout=300)
+        proc = subprocess.run([str(MITOSIS), *map(str, argv)], check=False, capture_output=True, text=True, env=child_env(), timeout=300)
         assert_clean_failure(Result(proc.returncode, proc.stdout, proc.stderr), named)
         assert proc.stdout == ""
         record("bad_input.console_script")

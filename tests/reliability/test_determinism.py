@@ -13,8 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import (TINY_CLONES, TINY_ENSEMBLE, TINY_TRAIN, RunCli, assert_same_h5, assert_same_state, assert_same_table,
-                       planted_acts, record)
+from .conftest import (
+    TINY_CLONES,
+    TINY_ENSEMBLE,
+    TINY_TRAIN,
+    RunCli,
+    assert_same_h5,
+    assert_same_state,
+    assert_same_table,
+    planted_acts,
+    record,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -21,11 +21,8 @@ times excepted). MITOSIS_KILLS=N raises the kills per stage (default 3) for a lo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,8 +41,21 @@ from mitosis_cli.io.ensemble_tables import read_ensemble_table
 from mitosis_cli.io.tables import read_table
 from mitosis_cli.training.config import read_config
 
-from .conftest import (FAULTINJECT, MITOSIS, TINY_CLONES, TINY_ENSEMBLE, TINY_TRAIN, assert_same_h5, assert_same_state,
-                       assert_same_table, child_env, kills_per_stage, planted_acts, record, trace_writes)
+from .conftest import (
+    FAULTINJECT,
+    MITOSIS,
+    TINY_CLONES,
+    TINY_ENSEMBLE,
+    TINY_TRAIN,
+    assert_same_h5,
+    assert_same_state,
+    assert_same_table,
+    child_env,
+    kills_per_stage,
+    planted_acts,
+    record,
+    trace_writes,
+)
 
 SEED = 20260127  # of the kill moments; the stages' own seeds are fixed in their argv
 STAGES = ("train", "extract", "clones", "ensemble", "report")
@@ -174,7 +184,7 @@ def _run_chain(stage: Stage, kills: int, rng: np.random.Generator, root: Path) -
             chain.problems.append(f"{stage.name} run {i} ({kind}): exit {proc.returncode}: {err.decode()[-500:]}")
         try:
             stage.check(stage.target)
-        except Exception as exc:  # noqa: BLE001 - any failure to read an output back is the finding
+        except Exception as exc:
             chain.problems.append(f"{stage.name} after kill {i} ({attempt}): {type(exc).__name__}: {exc}")
     # Hidden files a kill left beside or inside the output (each stage writes below its own folder).
     chain.leftovers = sorted(str(p.relative_to(root)) for p in (root / stage.name).rglob(".*") if not p.name.endswith(".lock")

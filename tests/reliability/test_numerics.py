@@ -23,8 +23,15 @@ import pyarrow.compute as pc
 import pytest
 
 from mitosis_cli.analysis.chunks import draw_chunks
-from mitosis_cli.analysis.information_imbalance import chunk_information_imbalances, information_imbalance
-from mitosis_cli.analysis.reconstruction import Moments, MomentAccumulator, reconstruction_scores
+from mitosis_cli.analysis.information_imbalance import (
+    chunk_information_imbalances,
+    information_imbalance,
+)
+from mitosis_cli.analysis.reconstruction import (
+    MomentAccumulator,
+    Moments,
+    reconstruction_scores,
+)
 from mitosis_cli.io.activations import read_head, read_split
 from mitosis_cli.io.clone_tables import read_clones
 

@@ -1,0 +1,45 @@
+"""docs/reliability.md quotes the sizes of the corpora and kill chains: check them against the test code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import test_bad_input as bad
+from . import test_kill as kill
+from . import test_security as security
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+
+
+def _rows() -> dict[str, str]:
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 2:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def test_documented_counts_are_what_the_tests_enumerate() -> None:
+    commands = bad._acts_commands()
+    clones = sum(1 for cmd, _ in commands if cmd == "clones")
+    ensemble = sum(1 for cmd, _ in commands if cmd == "ensemble")
+    console, below_a_file = 2, 2  # test_console_script_bad_inputs_are_one_line_exit_2, test_output_below_a_file_is_refused
+    total = clones + ensemble + len(bad.CKPT_CASES) + len(bad.TABLE_CASES) + len(bad.ENSEMBLE_INPUT_CASES) + console + below_a_file
+    want = {
+        "activation files through `clones`": clones,
+        "activation files through `ensemble` (beside a good member)": ensemble,
+        "checkpoints through `extract`": len(bad.CKPT_CASES),
+        "tables through `report`": len(bad.TABLE_CASES),
+        "ensemble tables through `clones --ensemble`": len(bad.ENSEMBLE_INPUT_CASES),
+        "through the console script": console,
+        "output below a regular file (`clones`, `ensemble`)": below_a_file,
+        "bad-input cases in all": total,
+        "stages": len(kill.STAGES),
+        "kills per stage (default; `MITOSIS_KILLS=N` raises it)": 3,
+        "kills per run of the suite": 3 * len(kill.STAGES),
+    }
+    rows = _rows()
+    for label, count in want.items():
+        assert rows.get(label) == str(count), f"docs/reliability.md says {rows.get(label)!r} for {label!r}; the tests enumerate {count}"
+    assert "Five crafted checkpoints" in DOC.read_text() and len(security.CRAFTED) == 5
