@@ -75,3 +75,11 @@ def test_every_run_writes_its_own_folder(tmp_path) -> None:
     plan = PLANS["default"]
     outs = [a for argv in train_commands(plan, Layout(tmp_path), controls=True) for a in argv if a.startswith("--out=")]
     assert len(outs) == len(set(outs)) == len(plan.points()) + 2 * len(plan.widths)
+
+
+def test_a_flat_clone_count_is_not_linear_growth() -> None:
+    # untrained networks: w_c* grows with W, so the count barely rises although its line fits well
+    summary = _summary({32: 31.0, 128: 119.0, 512: 436.0}, {}, 512, 0.0)
+    a, b, _, _ = evaluate_claims(summary, [])
+    assert a.holds is False
+    assert b.holds is False and b.numbers["slope"] > 0 and b.numbers["growth_ratio"] < 0.1

@@ -15,6 +15,13 @@ from mitosis_cli.errors import InputError, OutputError
 _IO_FAILURES = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it onto `target`.
@@ -36,6 +43,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:  # data on disk before the name points at it
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the output gets the usual permissions
         os.replace(tmp, target)
     except BaseException as err:
         tmp.unlink(missing_ok=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.atomic import atomic_path, output_lock
+from mitosis_cli.io.atomic import _umask, atomic_path, output_lock
 
 
 def test_atomic_path_renames_on_success_and_cleans_up_on_failure(tmp_path: Path) -> None:
@@ -14,6 +14,7 @@ def test_atomic_path_renames_on_success_and_cleans_up_on_failure(tmp_path: Path)
         tmp.write_text("complete")
         assert not target.exists() and tmp.parent == target.parent
     assert target.read_text() == "complete"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:
         tmp.write_text("half")
         raise RuntimeError("killed")
