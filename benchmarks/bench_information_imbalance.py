@@ -124,7 +124,7 @@ def run_worker(python: Path, name: str, data: Path, threads: int, timeout: float
     env["PYTHONPATH"] = str(ROOT)
     cmd = [str(python), str(Path(__file__).resolve()), "--worker", name, "--data", str(data), "--threads", str(threads)]
     load_before = os.getloadavg()[0]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} worker failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -141,7 +141,7 @@ def setup_dadapy() -> None:
 def machine() -> str:
     model = platform.processor() or "unknown CPU"
     try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
             if line.startswith("Model name:"):
                 model = line.split(":", 1)[1].strip()
     except OSError:

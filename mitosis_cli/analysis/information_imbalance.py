@@ -302,7 +302,7 @@ def _count_true(mask: torch.Tensor) -> torch.Tensor:
 
 def _rows_per_block(n: int, d: int, n_queries: int, key_bytes: int, budget: int) -> int:
     """Rows per block so that the block's buffers fit ``budget`` bytes."""
-    per_element = key_bytes + 1  # keys and a bool comparison mask
+    per_element = key_bytes + 2  # keys and two bool comparison masks
     if n_queries > _SORT_ABOVE:
         per_element += 16  # sorted rows (and, on GPUs, torch.sort's int64 indices)
     per_row = per_element * (n + _PAD) + 8 * d + 64 * (n_queries + 2)
@@ -343,6 +343,7 @@ class _Pass:
         # Room for float64 keys, or float32 keys plus a slab's product, in every pass.
         self.b = min(n, block_rows) if block_rows else _rows_per_block(n, d, self.n_queries, 8, self.budget)
         self.mask = torch.zeros(self.b, -(-n // _PAD) * _PAD, dtype=torch.bool, device=x.device)
+        self.mask2 = torch.zeros_like(self.mask) if 0 < self.n_queries <= _SORT_ABOVE else None
         self.key = torch.empty(self.b, n, dtype=dtype, device=x.device)
         self.scratch = torch.empty(self.b, self.space.tile, device=x.device) if self.slab < d else None
         self.margin = self.space.margin(self.slab)
@@ -441,16 +442,30 @@ class _Pass:
             below = torch.searchsorted(ordered, lo)
             band = torch.searchsorted(ordered, hi) - below - own_in
         else:
-            hits = self.mask[:m]
-            below_cols, band_cols = [], []
+            # One query at a time: the two masks give the counts and, by difference, the band.
+            below_lo, below_hi = self.mask[:m], self.mask2[:m]
+            ranks = torch.empty(m, self.n_queries, dtype=torch.int64, device=blk.device)
+            pairs = 0.0
             for c in range(self.n_queries):
-                torch.lt(blk, lo[:, c : c + 1], out=hits[:, :n])
-                low = _count_true(hits)
-                torch.lt(blk, hi[:, c : c + 1], out=hits[:, :n])
-                below_cols.append(low)
-                band_cols.append(_count_true(hits) - low)
-            below = torch.stack(below_cols, dim=1)
-            band = torch.stack(band_cols, dim=1) - own_in
+                torch.lt(blk, lo[:, c : c + 1], out=below_lo[:, :n])
+                torch.lt(blk, hi[:, c : c + 1], out=below_hi[:, :n])
+                low = _count_true(below_lo)
+                band_c = _count_true(below_hi) - low - own_in[:, c]
+                ranks[:, c] = low + 1
+                rows = torch.nonzero(band_c > 0).flatten()
+                if not rows.numel():
+                    continue
+                pairs += float(band_c.sum()) + rows.numel()
+                if limit is not None and pairs > limit:
+                    raise _TooWide
+                inside = below_hi[rows, :n] ^ below_lo[rows, :n]
+                j = q[rows, c]
+                inside[torch.arange(rows.numel(), device=rows.device), j] = False
+                it, col = torch.nonzero(inside, as_tuple=True)
+                d = space.distances(start + rows[it], col)
+                t = space.distances(start + rows, j)
+                ranks[rows, c] += torch.bincount(it[d < t[it]], minlength=rows.numel())
+            return ranks
         if limit is not None and float(band.sum() + (band > 0).sum()) > limit:
             raise _TooWide
         ranks = below + 1
