@@ -28,6 +28,33 @@ def planted_clones(n: int, width: int, clone_size: int, noise: float, rng: np.ra
     return features.astype(np.float32), signal
 
 
+def write_planted_acts(path: Path, n: int = 400, width: int = 64, clone_size: int = 8, noise: float = 0.05,
+                       classes: int = 4, seed: int = 0, splits: tuple[str, ...] = ("train", "test"),
+                       arch: str = "planted") -> Path:
+    """An activation file with planted clones and a head that reads the signal.
+
+    Labels are the argmax of a fixed random linear readout of the signal, and the head is that readout
+    spread evenly over each signal coordinate's copies; the seed changes only the noise, so files of
+    different seeds hold the same samples and labels.
+    """
+    noise_rng = np.random.default_rng(seed)
+    readout = np.random.default_rng(1000).standard_normal((classes, clone_size))
+    copy_of = np.arange(width) % clone_size
+    copies = np.bincount(copy_of, minlength=clone_size)
+    weight = (readout[:, copy_of] / copies[copy_of]).astype(np.float32)
+    bias = np.zeros(classes, np.float32)
+    streams = {}
+    for i, split in enumerate(splits):
+        signal = np.random.default_rng(2000 + i).standard_normal((n, clone_size))
+        feats = (signal[:, copy_of] + noise * noise_rng.standard_normal((n, width))).astype(np.float32)
+        labels = np.argmax(signal @ readout.T, axis=1).astype(np.int64)
+        logits = (feats @ weight.T + bias).astype(np.float32)
+        streams[split] = (n, iter([(feats, logits, labels)]))
+    meta = ActivationMeta(width=width, num_classes=classes, dataset="planted", arch=arch, seed=seed, epoch=0,
+                          layer="planted", config={"clone_size": clone_size, "noise": noise})
+    return write_activations(path, meta, weight, bias, streams)
+
+
 ActsFactory = Callable[..., Path]
 
 
@@ -42,21 +69,6 @@ def acts_factory(tmp_path: Path) -> ActsFactory:
 
     def make(name: str = "acts.h5", n: int = 400, width: int = 64, clone_size: int = 8, noise: float = 0.05,
              classes: int = 4, seed: int = 0, splits: tuple[str, ...] = ("train", "test"), arch: str = "planted") -> Path:
-        noise_rng = np.random.default_rng(seed)  # the seed changes only the noise: same samples and labels
-        readout = np.random.default_rng(1000).standard_normal((classes, clone_size))
-        copy_of = np.arange(width) % clone_size
-        copies = np.bincount(copy_of, minlength=clone_size)
-        weight = (readout[:, copy_of] / copies[copy_of]).astype(np.float32)
-        bias = np.zeros(classes, np.float32)
-        streams = {}
-        for i, split in enumerate(splits):
-            signal = np.random.default_rng(2000 + i).standard_normal((n, clone_size))
-            feats = (signal[:, copy_of] + noise * noise_rng.standard_normal((n, width))).astype(np.float32)
-            labels = np.argmax(signal @ readout.T, axis=1).astype(np.int64)
-            logits = (feats @ weight.T + bias).astype(np.float32)
-            streams[split] = (n, iter([(feats, logits, labels)]))
-        meta = ActivationMeta(width=width, num_classes=classes, dataset="planted", arch=arch, seed=seed, epoch=0,
-                              layer="planted", config={"clone_size": clone_size, "noise": noise})
-        return write_activations(tmp_path / name, meta, weight, bias, streams)
+        return write_planted_acts(tmp_path / name, n, width, clone_size, noise, classes, seed, splits, arch)
 
     return make

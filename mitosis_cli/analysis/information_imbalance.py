@@ -314,7 +314,12 @@ class _TooWide(Exception):
 
 
 class _Pass:
-    """One blocked pass over the distances of a space: neighbours and/or ranks, block by block."""
+    """One blocked pass over the distances of the space ``x[:, cols]``.
+
+    Iterating yields ``(start, stop, neighbours, ranks)`` per row block: the k nearest
+    neighbours of rows start..stop-1 (if k > 0) and the ranks of the points
+    ``queries[start:stop]`` (if given), both exact for the direct float64 distance D.
+    """
 
     def __init__(
         self,
@@ -507,24 +512,6 @@ def _ieee_matmul() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def _blocks(
-    x: torch.Tensor,
-    cols: torch.Tensor | None,
-    k: int,
-    queries: torch.Tensor | None,
-    block_rows: int | None,
-    memory_budget: int,
-    space: _Space | None = None,
-) -> _Pass:
-    """One blocked pass over the distances of the space ``x[:, cols]``.
-
-    Iterating yields ``(start, stop, neighbours, ranks)`` per row block: the k nearest
-    neighbours of rows start..stop-1 (if k > 0) and the ranks of the points
-    ``queries[start:stop]`` (if given), both exact for the direct float64 distance D.
-    """
-    return _Pass(x, cols, k, queries, block_rows, memory_budget, space)
-
-
 def _as_tensor(x: np.ndarray, device: str, name: str) -> torch.Tensor:
     arr = np.asarray(x)
     if arr.ndim != 2:
@@ -572,7 +559,7 @@ def nearest_neighbours(
     """
     xt = _as_tensor(x, device, "x")
     _check_k(xt.shape[0], k)
-    parts = [nb for _, _, nb, _ in _blocks(xt, None, k, None, block_rows, memory_budget)]
+    parts = [nb for _, _, nb, _ in _Pass(xt, None, k, None, block_rows, memory_budget)]
     return torch.cat(parts).cpu().numpy()
 
 
@@ -606,7 +593,7 @@ def neighbour_ranks(
     """
     xt = _as_tensor(x, device, "x")
     queries = _as_queries(neighbours, xt.shape[0], xt.device)
-    parts = [r for _, _, _, r in _blocks(xt, None, 0, queries, block_rows, memory_budget)]
+    parts = [r for _, _, _, r in _Pass(xt, None, 0, queries, block_rows, memory_budget)]
     return torch.cat(parts).cpu().numpy()
 
 
@@ -663,8 +650,8 @@ def information_imbalance(
     if xb.shape[0] != n:
         raise ValueError(f"x_a and x_b must describe the same points: {n} != {xb.shape[0]} rows")
     _check_k(n, k)
-    nn_a = torch.cat([nb for _, _, nb, _ in _blocks(xa, None, k, None, block_rows, memory_budget)])
-    total = sum(int(r.sum()) for _, _, _, r in _blocks(xb, None, 0, nn_a, block_rows, memory_budget))
+    nn_a = torch.cat([nb for _, _, nb, _ in _Pass(xa, None, k, None, block_rows, memory_budget)])
+    total = sum(int(r.sum()) for _, _, _, r in _Pass(xb, None, 0, nn_a, block_rows, memory_budget))
     return 2.0 * total / (n * n * k)
 
 
@@ -727,7 +714,7 @@ def chunk_information_imbalances(
     cols = [torch.from_numpy(np.frombuffer(key, dtype=np.int64).copy()).to(xt.device) for key in distinct if key != everything]
     sums = np.zeros((len(distinct), 2))
     full = _Space(xt, None, torch.float32, memory_budget // 2)  # shared by both full-space passes
-    nn_full = torch.cat([nb for _, _, nb, _ in _blocks(xt, None, k, None, block_rows, memory_budget, full)])
+    nn_full = torch.cat([nb for _, _, nb, _ in _Pass(xt, None, k, None, block_rows, memory_budget, full)])
     if everything in distinct:
         # Rank, in the full space, of each point's own q-th nearest neighbour: 1 + the number of
         # its k nearest neighbours strictly closer (any strictly closer point is among them).
@@ -738,13 +725,13 @@ def chunk_information_imbalances(
     nn_chunks = torch.empty(n, len(cols) * k, dtype=torch.int64, device=xt.device)
     for c, col in enumerate(cols):
         total = 0
-        for start, stop, nb, r in _blocks(xt, col, k, nn_full, block_rows, memory_budget):
+        for start, stop, nb, r in _Pass(xt, col, k, nn_full, block_rows, memory_budget):
             nn_chunks[start:stop, c * k : (c + 1) * k] = nb
             total += int(r.sum())
         sums[others[c], 1] = total
     if cols:
         to_full = torch.zeros(len(cols), dtype=torch.int64, device=xt.device)
-        for _, _, _, r in _blocks(xt, None, 0, nn_chunks, block_rows, memory_budget, full):
+        for _, _, _, r in _Pass(xt, None, 0, nn_chunks, block_rows, memory_budget, full):
             to_full += r.view(r.shape[0], len(cols), k).sum((0, 2))
         sums[others, 0] = to_full.cpu().numpy()
     out[:] = sums[which]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from mitosis_cli.cli import options
-from mitosis_cli.cli.console import emit_json, progress_bar, say, set_threads, stderr
+from mitosis_cli.cli.console import emit_json, pick_device, progress_bar, say, set_threads, stderr
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -320,25 +320,6 @@ def _return_freed_buffers_to_os() -> None:
         pass
 
 
-def _pick_device(name: str) -> "torch.device":
-    """auto -> cuda when available, else cpu; a named device is checked (torch only, no model imports)."""
-    import torch
-
-    from mitosis_cli.errors import InputError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine", hint="use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name!r}: only cpu and cuda are supported")
-    return dev
-
-
 def _unchanged(folder: Path, inputs: list[dict[str, str]], opts: dict[str, Any]) -> bool:
     from mitosis_cli.errors import InputError
     from mitosis_cli.io.clone_tables import read_clones, read_clones_summary
@@ -412,7 +393,7 @@ def clones(
 
     set_threads(threads)
     _return_freed_buffers_to_os()
-    dev = _pick_device(device)
+    dev = pick_device(device)
     all_cols: dict[str, list[Any]] = {}
     files = []
     steps = 4

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    import torch
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)  # long paths stay on one line
 
@@ -56,3 +59,22 @@ def set_threads(threads: int | None) -> int:
     n = threads or default_threads()
     torch.set_num_threads(n)
     return n
+
+
+def pick_device(name: str) -> "torch.device":
+    """`--device`: ``auto`` -> cuda when available, else cpu; a named device is checked (cpu or cuda only)."""
+    import torch
+
+    from mitosis_cli.errors import InputError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name!r}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine", hint="use --device cpu")
+    return device

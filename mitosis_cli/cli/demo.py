@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mitosis_cli.cli import options
-from mitosis_cli.cli.console import default_threads, emit_json, progress_bar, say, stderr
+from mitosis_cli.cli.console import default_threads, emit_json, pick_device, progress_bar, say, stderr
 
 
 def _with_options(argv: list[str], extra: list[str]) -> list[str]:
@@ -134,7 +134,6 @@ def demo(
         for argv in trains + analyses:
             print(shlex.join(["mitosis", *argv]))
         return
-    from mitosis_cli.training.loop import pick_device
 
     on_gpu = pick_device(device).type == "cuda"
     workers = 1 if on_gpu else (jobs or default_threads())

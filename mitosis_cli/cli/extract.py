@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mitosis_cli.cli import options
-from mitosis_cli.cli.console import emit_json, say, set_threads
+from mitosis_cli.cli.console import emit_json, pick_device, say, set_threads
 from mitosis_cli.cli.train import DataDir
 
 
@@ -35,7 +35,6 @@ def extract(
     from mitosis_cli.io.activations import SPLITS
     from mitosis_cli.io.atomic import output_lock
     from mitosis_cli.training.extract import extract_activations, extraction_is_current, load_trained_model
-    from mitosis_cli.training.loop import pick_device
 
     set_threads(threads)
     splits = tuple(dict.fromkeys(split or SPLITS))

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from mitosis_cli.cli import options
-from mitosis_cli.cli.console import emit_json, progress_bar, say, set_threads
+from mitosis_cli.cli.console import emit_json, pick_device, progress_bar, say, set_threads
 
 DataDir = Annotated[
     Optional[Path],
@@ -59,7 +59,7 @@ def train(
     from mitosis_cli.training.config import TrainConfig
     from mitosis_cli.io.activations import SPLITS
     from mitosis_cli.training.extract import extract_activations, extraction_is_current, load_trained_model
-    from mitosis_cli.training.loop import StopFlag, pick_device, train_run
+    from mitosis_cli.training.loop import StopFlag, train_run
 
     set_threads(threads)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 speaks and extracts

@@ -44,19 +44,6 @@ _AUG_SEED_OFFSET = 0x5DEECE66D  # separate random stream for augmentation
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_error", "test_loss", "test_error", "seconds")
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` -> cuda if available else cpu; otherwise the named device, checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise InputError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine", hint="use --device cpu")
-    return device
-
-
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA (fast, no loss scaling needed); full precision on the CPU."""
     if device.type == "cuda":

@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from mitosis_cli.cli.app import main
-from mitosis_cli.io.activations import ActivationMeta, write_activations
+
+from ..conftest import write_planted_acts
 
 MITOSIS = Path(sys.executable).with_name("mitosis")
 FAULTINJECT = Path(__file__).with_name("faultinject")
@@ -242,23 +243,8 @@ def assert_same_state(a: Any, b: Any, where: str = "") -> None:
 
 def planted_acts(path: Path, n: int = 160, width: int = 16, clone_size: int = 4, noise: float = 0.05, classes: int = 3,
                  seed: int = 0, splits: tuple[str, ...] = ("train", "test"), dtype: str = "float32") -> Path:
-    """A small valid activation file with planted clones (as tests/conftest.py's factory, any folder)."""
-    noise_rng = np.random.default_rng(seed)
-    readout = np.random.default_rng(1000).standard_normal((classes, clone_size))
-    copy_of = np.arange(width) % clone_size
-    copies = np.bincount(copy_of, minlength=clone_size)
-    weight = (readout[:, copy_of] / copies[copy_of]).astype(np.float32)
-    bias = np.zeros(classes, np.float32)
-    streams = {}
-    for i, split in enumerate(splits):
-        signal = np.random.default_rng(2000 + i).standard_normal((n, clone_size))
-        feats = (signal[:, copy_of] + noise * noise_rng.standard_normal((n, width))).astype(np.float32)
-        labels = np.argmax(signal @ readout.T, axis=1).astype(np.int64)
-        logits = (feats @ weight.T + bias).astype(np.float32)
-        streams[split] = (n, iter([(feats, logits, labels)]))
-    meta = ActivationMeta(width=width, num_classes=classes, dataset="planted", arch="planted", seed=seed, epoch=0,
-                          layer="planted", config={"clone_size": clone_size, "noise": noise})
-    write_activations(path, meta, weight, bias, streams)
+    """A small valid activation file with planted clones (tests/conftest.py's writer), optionally in another float type."""
+    write_planted_acts(path, n, width, clone_size, noise, classes, seed, splits)
     if dtype != "float32":  # re-store the arrays in another float type (readers must cast)
         with h5py.File(path, "r+") as f:
             for name in [f"{s}/{k}" for s in splits for k in ("features", "logits")] + ["head/weight", "head/bias"]:
