@@ -32,6 +32,7 @@ class TrainedModel:
     epoch: int
     checkpoint: Path
     num_classes: int
+    checkpoint_sha256: str  # hashed once: both the cache check and the file attributes need it
 
 
 def find_checkpoint(source: Path, epoch: int | None) -> Path:
@@ -73,7 +74,7 @@ def load_trained_model(source: Path, epoch: int | None = None, untrained: bool =
         except (RuntimeError, TypeError) as err:
             raise InputError(f"{path}: the weights do not match the architecture in its config ({cfg.model_spec.label})") from err
     model = model.to(device or torch.device("cpu")).eval()
-    return TrainedModel(model, cfg, 0 if untrained else int(ckpt["epoch"]), path, num_classes)
+    return TrainedModel(model, cfg, 0 if untrained else int(ckpt["epoch"]), path, num_classes, file_sha256(path))
 
 
 @torch.no_grad()
@@ -99,7 +100,7 @@ def extraction_is_current(path: Path, trained: TrainedModel, splits: tuple[str, 
         info = read_info(path)
     except InputError:
         return False  # unreadable or foreign: overwrite it
-    return (info.attrs.get("source_sha256") == file_sha256(trained.checkpoint)
+    return (info.attrs.get("source_sha256") == trained.checkpoint_sha256
             and info.config == extraction_config(trained, untrained, noise_inputs)
             and set(info.splits) == set(splits)
             and info.attrs.get("shard", "") == (f"{shard[0]}/{shard[1]}" if shard else ""))
@@ -153,7 +154,7 @@ def extract_activations(
         epoch=trained.epoch,
         layer=LAYER_NAME,
         config=config,
-        source_sha256=file_sha256(trained.checkpoint),
+        source_sha256=trained.checkpoint_sha256,
         inputs="gaussian-noise" if noise_inputs else "data",
         shard=f"{shard[0]}/{shard[1]}" if shard else "",
         shard_rows=shard_rows,
