@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.neighbors import NearestNeighbors
 
-from mitosis_cli.analysis import information_imbalance as ii
+from mitosis_cli.analysis import blocked_ranks as br
 from mitosis_cli.analysis.information_imbalance import (
     chunk_information_imbalances,
     information_imbalance,
@@ -264,8 +264,8 @@ def test_values_that_would_underflow_or_overflow_float32(scale: float) -> None:
 def test_slabs_and_float64_fallback(monkeypatch: pytest.MonkeyPatch, slab: int, pair_cost: float) -> None:
     # Slabs of 4 features exercise the slab-summed GEMM; a tiny pair cost never falls back to
     # float64, a huge one falls back at the first pair to resolve.
-    monkeypatch.setattr(ii, "_SLAB", slab)
-    monkeypatch.setattr(ii, "_PAIR_COST", pair_cost)
+    monkeypatch.setattr(br, "_SLAB", slab)
+    monkeypatch.setattr(br, "_PAIR_COST", pair_cost)
     rng = np.random.default_rng(33)
     x = _with_ties(rng, 70, 12)
     _check_against_reference(x, 3, rng, block_rows=16)
@@ -284,7 +284,7 @@ def test_margin_bounds_the_float32_key_error() -> None:
     x = rng.normal(size=(300, 700)) + 3.0
     xt = torch.from_numpy(x)
     for slab in (700, 64):
-        space = ii._Space(xt, None, torch.float32, 2**30)
+        space = br._Space(xt, None, torch.float32, 2**30)
         key = torch.empty(300, 300)
         space.keys(0, 300, key, slab, torch.empty(300, 300))
         z = space.get(0, 300).double()
