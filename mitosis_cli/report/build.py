@@ -25,6 +25,7 @@ from mitosis_cli.errors import InputError, OutputError
 from mitosis_cli.report import figures as F
 from mitosis_cli.report.html import RenderedFigure, ReportDocument, render_html, render_markdown
 from mitosis_cli.report.inputs import FIGURES_OF_KIND, ReportInputs, load_inputs
+from mitosis_cli.report.select import network_epochs, network_keys, network_label, select_network
 from mitosis_cli.report.summary import summary_tables
 
 import matplotlib.pyplot as plt  # noqa: E402 - `figures` imported `style`, which selected the Agg backend
@@ -77,13 +78,13 @@ def plan_figures(inputs: ReportInputs) -> tuple[list[FigurePlan], list[str]]:
     notes += [f"{path}: ignored (a {kind!r} table is not used by the report)" for path, kind in inputs.ignored]
     plans: list[FigurePlan] = []
     clones, summary, ensemble = inputs.clones, inputs.summary, inputs.ensemble
-    keys = F.network_keys(clones, summary)
+    keys = network_keys(clones, summary)
     for key in keys:
-        rows, net_summary = F.select_network(clones, key), F.select_network(summary, key)
+        rows, net_summary = select_network(clones, key), select_network(summary, key)
         has_chunks = any(f is not None and np.isfinite(f["chunk_size"]).any() for f in (rows, net_summary))
         if has_chunks:
             plans.append(FigurePlan(
-                _slug("clones", *key), SECTION_CLONES, F.network_label(key),
+                _slug("clones", *key), SECTION_CLONES, network_label(key),
                 "(a) Chunk test error minus error∞ (the error of a large ensemble of full networks) against chunk size, "
                 "log-log, with the c·w_c^-1/2 decay of an ensemble of independent members; (b) training error of the "
                 "trained head restricted to the chunk; (c) R² of the ridge reconstruction of the whole layer from the chunk; "
@@ -97,7 +98,7 @@ def plan_figures(inputs: ReportInputs) -> tuple[list[FigurePlan], list[str]]:
             "the critical width (dashed), below which the layer does not split.",
             lambda: F.clones_vs_width(summary)))
     ii_metrics = ("ii_chunk_to_full", "ii_full_to_chunk")
-    ii_keys = [k for k in keys if any(len(f.where(metric=m)) for f in (F.select_network(clones, k), F.select_network(summary, k))
+    ii_keys = [k for k in keys if any(len(f.where(metric=m)) for f in (select_network(clones, k), select_network(summary, k))
                                       if f is not None for m in ii_metrics)]
     if ii_keys:
         plans.append(FigurePlan(
@@ -118,10 +119,10 @@ def plan_figures(inputs: ReportInputs) -> tuple[list[FigurePlan], list[str]]:
             "Cross-entropy loss (log scale) and error per epoch, on the training set (solid, eval mode) and the test set (dashed).",
             lambda: F.training_curves(runs)))
     for key in keys:
-        epochs = set(F.network_epochs(clones, key)) | set(F.network_epochs(summary, key))
+        epochs = set(network_epochs(clones, key)) | set(network_epochs(summary, key))
         if len(epochs) > 1:
             plans.append(FigurePlan(
-                _slug("over-training", *key), SECTION_TRAINING, f"{F.network_label(key)}: chunks during training",
+                _slug("over-training", *key), SECTION_TRAINING, f"{network_label(key)}: chunks during training",
                 f"Chunk test error and R² of reconstruction at the {len(epochs)} analysed checkpoints, one line per chunk size.",
                 lambda key=key: F.metrics_over_training(key, clones, summary)))
     return plans, notes

@@ -64,7 +64,12 @@ class HistoryRun:
 
 @dataclass
 class ReportInputs:
-    """Everything a report is drawn from; a kind with no table is None (or an empty list)."""
+    """Everything a report is drawn from; a kind with no table is None (or an empty list).
+
+    The clones and summary frames carry two columns beside the tables' own: `epoch` (from the activation
+    file's name when the table has none) and `r2_threshold` (the `--r2-threshold` in the table's
+    options, NaN when it records none), so rows pooled from several tables keep what they were made with.
+    """
 
     files: list[InputFile] = field(default_factory=list)
     clones: Frame | None = None
@@ -91,6 +96,14 @@ def _with_epoch(frame: Frame) -> Frame:
         return frame
     epochs = np.array([epoch_of_source(s) for s in frame["source"]], dtype=np.float64)
     return Frame({**frame.columns, "epoch": epochs})
+
+
+def _with_r2_threshold(frame: Frame, meta: dict[str, Any]) -> Frame:
+    if frame.has("r2_threshold"):
+        return frame
+    threshold = (meta.get("options") or {}).get("r2_threshold")
+    value = float(threshold) if isinstance(threshold, (int, float)) else float("nan")
+    return Frame({**frame.columns, "r2_threshold": np.full(len(frame), value)})
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:
@@ -134,8 +147,10 @@ def load_inputs(paths: list[Path]) -> ReportInputs:
         if kind == "history":
             config = (meta.get("options") or {}).get("config") or {}
             inputs.histories.append(HistoryRun(path, dict(config), frame))
-        else:
+        elif kind == "ensemble":
             by_kind[kind].append(frame)
+        else:
+            by_kind[kind].append(_with_r2_threshold(frame, meta))
     if by_kind["clones"]:
         inputs.clones = _with_epoch(Frame.concat(by_kind["clones"]))
     if by_kind["clones-summary"]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mitosis_cli.report.frame import Curve
-from mitosis_cli.report.figures import (
+from mitosis_cli.report.select import (
     chunk_error_curve,
     error_inf_for,
     network_keys,
@@ -60,12 +60,11 @@ def network_table(inputs: ReportInputs) -> SummaryTable | None:
                 clone_text += f" [{_fmt(clone.lo)}, {_fmt(clone.hi)}]"
             if clone.rule and clone.rule not in rules:
                 rules.append(clone.rule)
-        count = n_clones.value if n_clones is not None else (key[2] / clone.value if clone is not None and clone.value > 0 else None)
         epochs = [e for frame in (clones, summary) if frame is not None and frame.has("epoch") for e in frame.unique("epoch")]
         rows.append((
             key[0], key[1], str(key[2]), str(len(sources)),
             _fmt(max(epochs), 6) if epochs else "final",
-            clone_text, _fmt(count),
+            clone_text, _fmt(n_clones.value if n_clones is not None else None),
             _fmt(_at(chunk_error_curve(clones, summary, "test"), key[2]), 4),
             _fmt(error_inf_for(summary, inputs.ensemble, key[2]), 4),
         ))

@@ -125,9 +125,10 @@ def ensemble_rows(widths: tuple[int, ...] = (64, 128), members: tuple[int, ...] 
     return rows
 
 
-def write_rows(path: Path, rows: list[dict], schema: pa.Schema, kind: str) -> Path:
+def write_rows(path: Path, rows: list[dict], schema: pa.Schema, kind: str, options: dict | None = None) -> Path:
+    """Write `rows` as a table of `kind`, with `options` as the command's options in its metadata."""
     table = pa.Table.from_pylist(rows, schema=schema)
-    return write_table(path, table, provenance(kind, [], {}))
+    return write_table(path, table, provenance(kind, [], options or {}))
 
 
 def write_history(path: Path, width: int, seed: int, epochs: int = 12, arch: str = "mlp", dataset: str = "mnist5k") -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -9,10 +10,19 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Polygon
 
+from mitosis_cli.analysis.clone_size import fit_clone_growth, fit_excess_error
 from mitosis_cli.report import figures as F
+from mitosis_cli.report.figures.draw import CHUNK_AXIS
 from mitosis_cli.report.frame import Frame
 from mitosis_cli.report.inputs import load_inputs
+from mitosis_cli.report.select import error_inf_for, network_epochs, select_network
 from tests.report import tables as T
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")  # pyplot keeps every figure a test drew until it is closed
 
 
 def frame(rows: list[dict], schema: pa.Schema) -> Frame:
@@ -75,7 +85,7 @@ def test_panels_plot_every_chunk_size_with_the_tables_values(network) -> None:
     first = bars[0].get_segments()[0]
     np.testing.assert_allclose(sorted(first[:, 1]), [mean[0] - T.ERROR_INF - sem[0], mean[0] - T.ERROR_INF + sem[0]])
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    assert ax.get_xlabel() == F.CHUNK_AXIS and "error" in ax.get_ylabel() and "infty" in ax.get_ylabel()
+    assert ax.get_xlabel() == CHUNK_AXIS and "error" in ax.get_ylabel() and "infty" in ax.get_ylabel()
 
 
 def test_guide_decays_as_inverse_square_root_from_the_clone_size(network) -> None:
@@ -146,7 +156,7 @@ def test_clones_against_width_fits_itself_without_cross_file_rows() -> None:
     fig = F.clones_vs_width(frame(rows, T.SUMMARY_SCHEMA))
     # n = W / 16 is the line through (16, 1) with slope 1/16.
     np.testing.assert_allclose(line(fig, "critical-width:mlp:mnist5k").get_xdata(), 16.0)
-    assert "least squares" in " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    assert "fitted to these networks" in " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
 
 
 def test_information_imbalance_both_ways_per_network() -> None:
@@ -214,13 +224,13 @@ def test_chunk_metrics_over_training_one_point_per_epoch(tmp_path) -> None:
     path = T.write_rows(tmp_path / "clones.parquet", rows, T.CLONES_SCHEMA, "clones")
     clones = load_inputs([path]).clones  # the epoch is read from the activation file's name
     key = ("mlp", "mnist5k", 32)
-    assert F.network_epochs(clones, key) == [1.0, 10.0, 50.0]
+    assert network_epochs(clones, key) == [1.0, 10.0, 50.0]
     fig = F.metrics_over_training(key, clones, None)
     per_size = lines(fig, "chunk_error:test:")
     assert len(per_size) == 4  # chunk sizes 4, 8, 16, 32
     np.testing.assert_allclose(per_size[0].get_xdata(), [1, 10, 50])
     # The panel set of the network uses the latest epoch only.
-    latest = F.select_network(clones, key)
+    latest = select_network(clones, key)
     assert latest.unique("epoch") == [50.0]
 
 
@@ -235,14 +245,14 @@ def test_fit_rows_over_several_architectures_apply_to_each() -> None:
 def test_the_single_error_inf_of_the_widest_networks_serves_every_width() -> None:
     ensemble = frame([{"kind": "error-inf", "width": 1024, "members": 8, "repeat": 0, "split": "test", "metric": "error",
                        "value": 0.03}], T.ENSEMBLE_SCHEMA)
-    assert F.error_inf_for(None, ensemble, 64) == 0.03
+    assert error_inf_for(None, ensemble, 64) == 0.03
 
 
 def test_final_networks_are_preferred_to_intermediate_epochs(tmp_path) -> None:
     rows = T.clones_rows(32, clone_size=8, source="runs/w32/acts.h5", repeats=2)
     rows += T.clones_rows(32, clone_size=16, source="runs/w32/acts-epoch-0005.h5", repeats=2)
     clones = load_inputs([T.write_rows(tmp_path / "clones.parquet", rows, T.CLONES_SCHEMA, "clones")]).clones
-    assert F.select_network(clones, ("mlp", "mnist5k", 32)).unique("source") == ["runs/w32/acts.h5"]
+    assert select_network(clones, ("mlp", "mnist5k", 32)).unique("source") == ["runs/w32/acts.h5"]
 
 
 def test_chunk_average_rows_get_their_own_panel() -> None:
@@ -253,3 +263,83 @@ def test_chunk_average_rows_get_their_own_panel() -> None:
     assert len(fig.axes) == 4
     np.testing.assert_allclose(line(fig, "chunk-average:16").get_xdata(), [1, 2, 4])
     np.testing.assert_allclose(line(fig, "chunk-average-total:16").get_xdata(), [16, 32, 64])
+
+
+# --------------------------------------------------------------------------------------------------
+# The figures draw the tables' numbers: one estimator per quantity, the clones stage's
+
+
+def per_source_row(summary_rows: list[dict], metric: str, value: float) -> dict:
+    """A per-source summary row (chunk_size null) of `metric`, for the source of `summary_rows`."""
+    first = summary_rows[0]
+    return {**{k: first[k] for k in ("source", "arch", "dataset", "width", "seed")}, "split": "test", "metric": metric,
+            "chunk_size": None, "mean": value, "std": None, "sem": None, "n": 1, "lo": None, "hi": None, "rule": "planted"}
+
+
+def legend_text(ax) -> str:
+    return " ".join(t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_guide_shows_the_summarys_c_and_no_other(network) -> None:
+    planted = frame(network["summary_rows"] + [per_source_row(network["summary_rows"], "excess_error_c", 0.25)], T.SUMMARY_SCHEMA)
+    guide = line(F.network_panels(network["key"], network["clones"], planted, None), "guide")
+    x, y = np.asarray(guide.get_xdata()), np.asarray(guide.get_ydata())
+    np.testing.assert_allclose(y * np.sqrt(x), 0.25, rtol=1e-12)  # the data would give c = 0.4
+    assert "c = 0.25 (from summary)" in guide.get_label()
+    # A c that a log axis cannot show is said in the legend, not replaced by a c fitted here.
+    negative = frame(network["summary_rows"] + [per_source_row(network["summary_rows"], "excess_error_c", -0.05)], T.SUMMARY_SCHEMA)
+    fig = F.network_panels(network["key"], network["clones"], negative, None)
+    assert [ln.get_gid() for ln in lines(fig, "guide")] == ["guide-missing"]
+    assert "no $c\\,w_c^{-1/2}$ guide: c = -0.05 (from summary)" in legend_text(line(fig, "guide-missing").axes)
+
+
+def test_without_c_in_the_table_the_guide_is_the_clones_stage_fit(network) -> None:
+    fig = F.network_panels(network["key"], network["clones"], network["summary"], None)  # error_inf, no excess_error_c
+    sizes, mean, _ = raw_mean(network["rows"], "chunk_error", "test")
+    expected = fit_excess_error(sizes, mean, T.ERROR_INF, 8.0)  # least squares through the origin over w_c >= w_c*
+    guide = line(fig, "guide")
+    x, y = np.asarray(guide.get_xdata()), np.asarray(guide.get_ydata())
+    np.testing.assert_allclose(y * np.sqrt(x), expected, rtol=1e-12)
+    assert f"c = {expected:.3g} (fitted over" in guide.get_label()
+
+
+def test_title_gives_the_tables_number_of_clones() -> None:
+    # Two seeds with clone sizes 8 and 16: the table's mean of W / w_c* is 12, while W / mean(w_c*) would be 10.7.
+    rows = [r for seed, clone_size in ((0, 8), (1, 16))
+            for r in T.summary_rows(T.clones_rows(128, clone_size=clone_size, seed=seed, repeats=2), clone_size, clone_size / 2, clone_size * 2)]
+    fig = F.network_panels(("mlp", "mnist5k", 128), None, frame(rows, T.SUMMARY_SCHEMA), None)
+    assert "12 clones" in fig._suptitle.get_text()
+
+
+def test_clones_against_width_draws_the_tables_growth_line_else_the_clones_stage_fit() -> None:
+    n_clones = {(64, 0): 1.0, (64, 1): 1.3, (128, 0): 2.6, (128, 1): 3.4, (256, 0): 8.2, (256, 1): 7.5}
+    rows = []
+    for (width, seed), count in n_clones.items():
+        per_source = T.summary_rows(T.clones_rows(width, clone_size=16, seed=seed, repeats=2), 16, 8, 32)
+        rows += [r for r in per_source if r["metric"] != "n_clones"] + [per_source_row(per_source, "n_clones", count)]
+    with_fit = frame(rows + T.cross_rows(critical_width=52.0, slope=0.031), T.SUMMARY_SCHEMA)
+    fig = F.clones_vs_width(with_fit)
+    fit = line(fig, "fit:mlp:mnist5k")
+    right = 256 * 1.05
+    np.testing.assert_allclose(fit.get_xdata(), [0, 52.0, right])
+    np.testing.assert_allclose(fit.get_ydata(), [1, 1, 1 + 0.031 * (right - 52.0)])
+    np.testing.assert_allclose(line(fig, "critical-width:mlp:mnist5k").get_xdata(), 52.0)
+    assert "critical width 52 (from summary)" in legend_text(fig.axes[0])
+    # Without the table's fit: the clones stage's hinge fit over the per-source numbers, not a line of its own.
+    expected = fit_clone_growth(np.array([w for w, _ in n_clones]), np.array(list(n_clones.values())))
+    fit = line(F.clones_vs_width(frame(rows, T.SUMMARY_SCHEMA)), "fit:mlp:mnist5k")
+    x, y = np.asarray(fit.get_xdata(), float), np.asarray(fit.get_ydata(), float)
+    assert x[1] == pytest.approx(expected.critical_width, abs=1e-9) and y[1] == 1.0
+    assert (y[2] - y[1]) / (x[2] - x[1]) == pytest.approx(expected.slope, rel=1e-9)
+
+
+def test_r2_threshold_line_is_the_one_the_clones_tables_were_made_with(tmp_path) -> None:
+    rows = T.clones_rows(64, clone_size=8, repeats=2)
+    summary = T.summary_rows(rows, 8, 4, 16)
+    for options, value, note in (({"r2_threshold": 0.95}, 0.95, "threshold of $w_c^*$"), ({}, 0.99, "assumed threshold")):
+        folder = tmp_path / str(value)
+        inputs = load_inputs([T.write_rows(folder / "clones.parquet", rows, T.CLONES_SCHEMA, "clones", options),
+                              T.write_rows(folder / "clones-summary.parquet", summary, T.SUMMARY_SCHEMA, "clones-summary", options)])
+        threshold = line(F.network_panels(("mlp", "mnist5k", 64), inputs.clones, inputs.summary, None), "r2-threshold")
+        np.testing.assert_allclose(threshold.get_ydata(), value)
+        assert f"$R^2$ = {value:g}" in threshold.get_label() and note in threshold.get_label()
