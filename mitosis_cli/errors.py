@@ -29,3 +29,14 @@ class Preempted(Exception):
 
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a job array can requeue on this code
+
+
+def exit_code(err: BaseException) -> int:
+    """The exit code an error ends the program with: 2 bad input, 75 preempted, 130 interrupted, else 1."""
+    if isinstance(err, InputError):
+        return 2
+    if isinstance(err, Preempted):
+        return PREEMPTED_EXIT_CODE
+    if isinstance(err, KeyboardInterrupt):
+        return 130
+    return 1

@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from mitosis_cli.cli import options
-from mitosis_cli.cli.console import emit_json, pick_device, progress_bar, say, set_threads
+from mitosis_cli.cli.console import emit_json, progress, say
+from mitosis_cli.runtime import pick_device, set_threads
+from mitosis_cli.stages.train import TrainSettings
+from mitosis_cli.training.config import TrainConfig
+from mitosis_cli.values import parse_int_list
 
-DataDir = Annotated[
-    Optional[Path],
-    typer.Option("--data-dir", help="Folder in torchvision's layout for real data sets (default: $MITOSIS_DATA_DIR)."),
-]
+
+def train_settings(params: Mapping[str, Any]) -> TrainSettings:
+    """The stage settings of the parsed options of `mitosis train` (the sweep parses its train options so too)."""
+    save = parse_int_list(params["save_epochs"], "--save-epochs") if params["save_epochs"] else ()
+    config = TrainConfig(**{key: params[key] for key in (
+        "dataset", "train_size", "arch", "width", "depth", "ending", "epochs", "batch_size", "optimizer", "lr", "momentum",
+        "weight_decay", "schedule", "lr_min", "label_smoothing", "augment", "seed", "until_zero_error", "max_epochs")},
+        save_epochs=list(save))
+    return TrainSettings(config=config, **{key: params[key] for key in (
+        "out", "acts", "data_dir", "download", "resume", "force", "device", "threads")})
 
 
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path("runs/run"),
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="mnist5k (built-in), synthetic[:opts], mnist, fashion-mnist, kmnist, cifar10, cifar100.")] = "mnist5k",
-    data_dir: DataDir = None,
+    data_dir: options.DataDir = None,
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing real data set.")] = False,
     train_size: Annotated[Optional[int], typer.Option("--train-size", help="Use only the first N training samples.")] = None,
     arch: Annotated[str, typer.Option("--arch", "-a", help="mlp, wrn (Wide-ResNet) or densenet (DenseNet-BC).")] = "mlp",
@@ -41,7 +51,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, shuffling and augmentation.")] = 0,
     until_zero_error: Annotated[bool, typer.Option("--until-zero-error", help="After the schedule, keep training (constant lr: 10% of --lr, or --lr-min if higher) until the training error (eval mode) is 0, up to --max-epochs.")] = False,
     max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", help="Cap for --until-zero-error (default 2 x epochs).")] = None,
-    save_epochs: Annotated[Optional[str], typer.Option("--save-epochs", help="Also keep the weights at these epochs, e.g. 0,10,50 (0 = initialisation).")] = None,
+    save_epochs: Annotated[Optional[str], typer.Option("--save-epochs", help="Also keep the weights at these epochs, e.g. 0,10,50 or 0-100:10 (0 = initialisation).")] = None,
     acts: Annotated[Optional[Path], typer.Option("--acts", help="Extract activations to this HDF5 file at the end.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     force: options.Force = False,
@@ -54,59 +64,29 @@ def train(
 
     Example: mitosis train --width 512 --seed 1 -o runs/w512-s1 --acts runs/w512-s1/acts.h5
     """
-    from mitosis_cli.errors import InputError
-    from mitosis_cli.io.atomic import output_lock
-    from mitosis_cli.training.config import TrainConfig
-    from mitosis_cli.io.activations import SPLITS
-    from mitosis_cli.training.extract import extract_activations, extraction_is_current, load_trained_model
-    from mitosis_cli.training.loop import StopFlag, train_run
+    from mitosis_cli.stages.train import run_train
+    from mitosis_cli.training.loop import StopFlag
 
+    settings = train_settings(locals())
     set_threads(threads)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 speaks and extracts
-        quiet, json_out, acts = True, False, None
-    try:
-        epochs_to_save = [int(e) for e in save_epochs.split(",") if e.strip()] if save_epochs else []
-    except ValueError:
-        raise InputError(f"--save-epochs {save_epochs!r}: expected comma-separated epoch numbers, e.g. 0,10,50") from None
-    cfg = TrainConfig(
-        dataset=dataset, train_size=train_size, arch=arch, width=width, depth=depth, ending=ending, epochs=epochs,
-        batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        schedule=schedule, lr_min=lr_min, label_smoothing=label_smoothing, augment=augment, seed=seed,
-        until_zero_error=until_zero_error, max_epochs=max_epochs, save_epochs=epochs_to_save,
-    ).resolved()
-    dev = pick_device(device)
-    spec = cfg.model_spec
-    say(f"training {spec.label} on {cfg.dataset} (seed {cfg.seed}, {cfg.epochs} epochs, {dev}) -> {out}", quiet)
-    with progress_bar(quiet) as bar:
-        task = bar.add_task("train", total=cfg.epochs, status="")
-
-        def on_epoch(epoch: int, planned: int, row: dict[str, float]) -> None:
-            bar.update(task, completed=min(epoch, planned), total=max(planned, epoch),
-                       status=f"train err {row['train_error']:.4f}  test err {row['test_error']:.4f}")
-
-        with output_lock(out) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
-            result = train_run(cfg, out, data_dir=data_dir, download=download, device=dev, resume=resume, force=force,
-                               on_epoch=on_epoch, stop=StopFlag())
-    final = result.final
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 speaks
+        quiet, json_out = True, False
+    cfg = settings.config.resolved()
+    say(f"training {cfg.model_spec.label} on {cfg.dataset} (seed {cfg.seed}, {cfg.epochs} epochs, "
+        f"{pick_device(device)}) -> {out}", quiet)
+    with progress(quiet) as on_step:
+        outcome = run_train(settings, on_step, stop=StopFlag())
+    result, final = outcome.result, outcome.result.final
     if result.skipped:
         say(f"{out}: already trained with these options ({result.epochs} epochs); skipped (--force to retrain)", quiet)
     zero = f"zero training error at epoch {result.zero_error_epoch}" if result.zero_error_epoch else "training error never reached 0"
     say(f"done: {result.epochs} epochs, train error {final.get('train_error', float('nan')):.4f}, "
         f"test error {final.get('test_error', float('nan')):.4f}; {zero}", quiet)
-    acts_path = None
-    if acts is not None:
-        trained = load_trained_model(out, device=dev)
-        with output_lock(acts):
-            if not force and extraction_is_current(acts, trained, SPLITS, untrained=False, noise_inputs=False):
-                say(f"{acts}: already extracted from this checkpoint; skipped", quiet)
-            else:
-                extract_activations(trained, acts, data_dir=data_dir, device=dev)
-                say(f"activations -> {acts}", quiet)
-        acts_path = acts
+    if outcome.acts is not None:
+        say(f"{outcome.acts.acts}: already extracted from this checkpoint; skipped" if outcome.acts.skipped
+            else f"activations -> {outcome.acts.acts}", quiet)
     if json_out:
-        emit_json({"run_dir": str(out), "epochs": result.epochs, "skipped": result.skipped,
-                   "zero_error_epoch": result.zero_error_epoch, "final": final, "device": result.device,
-                   "acts": str(acts_path) if acts_path else None, "config": cfg.to_dict()})
+        emit_json(outcome.to_json())
 
 
 def register(app: typer.Typer) -> None:

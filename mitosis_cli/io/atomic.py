@@ -1,9 +1,11 @@
-"""Write-then-rename, so a killed job never leaves a half-written file under the final name."""
+"""Write-then-rename (files and whole folders) and the output lock, so a killed job never leaves a
+half-written output under the final name and two writers of one output never both win."""
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,11 +25,12 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str], mode: int = 0o666) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it onto `target`.
 
     The temporary file lives in the same directory (so the rename is atomic on POSIX) and is
-    removed if the body raises. Parent directories are created.
+    removed if the body raises. Parent directories are created. The output gets `mode` less the
+    umask, as `open` would give it (0o777 for a script that must stay executable).
     """
     target = Path(target)
     try:
@@ -43,7 +46,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:  # data on disk before the name points at it
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the output gets the usual permissions
+        os.chmod(tmp, mode & ~_umask())  # mkstemp makes 0600; the output gets the usual permissions
         os.replace(tmp, target)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
@@ -94,3 +97,37 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[None]:
     finally:
         lock_path.unlink(missing_ok=True)  # while still holding it, so nobody locks a removed file unseen
         fh.close()
+
+
+@contextmanager
+def staged_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `target`; on success swap it into place as `target`.
+
+    The folder is built complete before it gets the final name, so a killed job leaves either the
+    previous `target` or the new one, never a mix. An existing `target` is moved aside and removed
+    only after the new folder is in place. On failure the temporary folder is removed and `target`
+    is left as it was.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as err:
+        if err.errno in _IO_FAILURES:
+            raise OutputError(f"cannot write {target}: {err.strerror}") from err
+        raise InputError(f"cannot write {target}: {err.strerror or err}") from err
+    try:
+        yield building
+        os.chmod(building, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it the mode mkdir would have
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(building, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(building, target)
+    except BaseException as err:
+        shutil.rmtree(building, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno in _IO_FAILURES:
+            raise OutputError(f"cannot write {target}: {err.strerror}") from err  # one line naming the output, exit 1
+        raise

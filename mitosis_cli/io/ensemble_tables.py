@@ -1,4 +1,4 @@
-"""The ensemble table (`ensemble.parquet`) and the member activation files it is computed from.
+"""The ensemble table (`ensemble.parquet`): its schema, a row builder, the writer and the readers.
 
 Table: long/tidy, one row per measured value, metadata ``kind = "ensemble"`` (see `io.tables.provenance`).
 
@@ -33,9 +33,7 @@ Kinds (``width * members`` is always the total last-layer width combined):
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import ActivationInfo, open_activations
 from mitosis_cli.io.tables import read_table, write_table
 
 TABLE_KIND = "ensemble"
@@ -61,105 +58,6 @@ SCHEMA = pa.schema([
     ("value", pa.float64()),
 ])
 COLUMNS = tuple(SCHEMA.names)
-
-
-@dataclass(frozen=True)
-class Member:
-    """One network of an ensemble pool: its file and validated attributes."""
-
-    path: Path
-    info: ActivationInfo
-
-    @property
-    def width(self) -> int:
-        return self.info.width
-
-    @property
-    def seed(self) -> int:
-        return self.info.seed
-
-
-@dataclass(frozen=True)
-class MemberSet:
-    """Networks that saw the same samples: their logits per split, stacked in `members` order."""
-
-    members: list[Member]
-    labels: dict[str, np.ndarray]  # split -> (N,) int64
-    logits: dict[str, np.ndarray]  # split -> (P, N, C) float32
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.labels)
-
-    def pools(self) -> dict[int, list[int]]:
-        """Width -> indices into `members` of that width, ordered by seed; widths ascending."""
-        by_width: dict[int, list[int]] = {}
-        for i in sorted(range(len(self.members)), key=lambda i: (self.members[i].width, self.members[i].seed)):
-            by_width.setdefault(self.members[i].width, []).append(i)
-        return by_width
-
-
-def _read_logits(path: Path, info: ActivationInfo, h5: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
-    # Only logits and labels: an ensemble never needs the (much larger) features of every member.
-    logits = h5[f"{split}/logits"][...].astype(np.float32, copy=False)
-    labels = h5[f"{split}/labels"][...].astype(np.int64, copy=False)
-    if not np.isfinite(logits).all():
-        raise InputError(f"{path}: /{split}/logits holds NaN or Inf values")
-    if labels.min() < 0 or labels.max() >= info.num_classes:
-        raise InputError(f"{path}: /{split}/labels outside [0, {info.num_classes})")
-    return logits, labels
-
-
-def _same(first: Member, other: Member, what: str, a: Any, b: Any) -> None:
-    if a != b:
-        raise InputError(f"{other.path}: {what} is {b!r} but {first.path} has {a!r}; "
-                         "ensemble members must be evaluated on the same samples")
-
-
-def load_members(paths: Sequence[str | os.PathLike[str]]) -> MemberSet:
-    """Read the logits and labels of every member, refusing sets that did not see the same samples.
-
-    Checks, each failing with one `InputError` line naming the file: at least two files; the same splits,
-    number of classes, data set, and sample count; real inputs (the Gaussian-noise control draws new inputs
-    per seed); identical labels in the same order on every split; no two members of one width with the
-    same seed (the same network twice would fake an independent member).
-    """
-    if len(paths) < 2:
-        raise InputError(f"an ensemble needs at least 2 activation files (networks trained with different seeds), got {len(paths)}")
-    members: list[Member] = []
-    labels: dict[str, np.ndarray] = {}
-    logits: dict[str, list[np.ndarray]] = {}
-    seen: dict[tuple[int, int], Path] = {}
-    for raw in paths:
-        path = Path(raw)
-        with open_activations(path) as (h5, info):
-            member = Member(path, info)
-            if info.attrs.get("inputs", "data") != "data":
-                raise InputError(f"{path}: activations of {info.attrs['inputs']!r} inputs (a control); "
-                                 "its samples differ per seed, so it cannot be ensembled")
-            if members:
-                first = members[0]
-                _same(first, member, "the set of splits", sorted(first.info.splits), sorted(info.splits))
-                _same(first, member, "the number of classes", first.info.num_classes, info.num_classes)
-                _same(first, member, "the data set", first.info.dataset, info.dataset)
-                for split, n in info.splits.items():
-                    _same(first, member, f"the number of {split} samples", first.info.splits[split], n)
-            key = (info.width, info.seed)
-            if key in seen:
-                raise InputError(f"{path}: width {info.width} seed {info.seed} was already given by {seen[key]}; "
-                                 "pass each network once (members need different seeds)")
-            seen[key] = path
-            for split in info.splits:
-                split_logits, split_labels = _read_logits(path, info, h5, split)
-                if split not in labels:
-                    labels[split] = split_labels
-                elif not np.array_equal(labels[split], split_labels):
-                    first_diff = int(np.argmax(labels[split] != split_labels))
-                    raise InputError(f"{path}: {split} labels differ from {members[0].path} (first at sample {first_diff}); "
-                                     "members must see the same samples in the same order")
-                logits.setdefault(split, []).append(split_logits)
-            members.append(member)
-    return MemberSet(members, labels, {split: np.stack(arrays) for split, arrays in logits.items()})
 
 
 @dataclass
@@ -186,11 +84,13 @@ class EnsembleRows:
                         schema=SCHEMA)
 
 
-def write_ensemble_table(path: str | os.PathLike[str], rows: EnsembleRows, meta: dict[str, Any]) -> Path:
-    """Write the table atomically with `meta` (from ``provenance("ensemble", ...)``) in its metadata."""
+def write_ensemble_table(path: str | os.PathLike[str], table: pa.Table, meta: dict[str, Any]) -> Path:
+    """Write the table (`EnsembleRows.to_table`) atomically with `meta` (``provenance("ensemble", ...)``)."""
     if meta.get("kind") != TABLE_KIND:
         raise ValueError(f"metadata kind must be {TABLE_KIND!r}, got {meta.get('kind')!r}")
-    return write_table(path, rows.to_table(), meta)
+    if table.schema != SCHEMA:
+        raise ValueError("an ensemble table must have the ensemble schema (build it with EnsembleRows)")
+    return write_table(path, table, meta)
 
 
 def read_ensemble_table(path: str | os.PathLike[str]) -> tuple[pa.Table, dict[str, Any]]:
@@ -229,23 +129,3 @@ def read_error_inf(path: str | os.PathLike[str]) -> float:
         raise InputError(f"{path}: {found} error-inf value(s) (rows kind='error-inf', metric='error', split='test')",
                          hint="run `mitosis ensemble` with enough seeds, or pass --error-inf")
     return float(values[0])
-
-
-def matches_request(path: str | os.PathLike[str], meta: dict[str, Any]) -> bool:
-    """Whether an existing table at `path` was made from the same inputs (by sha256, any order) and options.
-
-    Raises `InputError` when `path` exists but is not an ensemble table, so it is never overwritten silently.
-    """
-    path = Path(path)
-    if not path.exists():
-        return False
-    try:
-        _, old = read_ensemble_table(path)
-    except InputError as err:
-        raise InputError(f"{err}; refusing to overwrite it", hint="remove it, pick another -o, or pass --force") from None
-
-    def key(m: dict[str, Any]) -> tuple[list[str], str]:
-        shas = sorted(item.get("sha256", "") for item in m.get("inputs", []))
-        return shas, json.dumps(m.get("options", {}), sort_keys=True)
-
-    return key(old) == key(meta)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
-import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import pyarrow.parquet as pq
 from mitosis_cli import __version__
 from mitosis_cli.errors import InputError
 from mitosis_cli.io.atomic import atomic_path
+from mitosis_cli.io.stamp import Stamp
 
 SCHEMA_VERSION = 1
 _META_KEY = b"mitosis"
@@ -31,16 +30,41 @@ def file_sha256(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def provenance(kind: str, inputs: Sequence[str | os.PathLike[str]], options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The metadata every table carries: kind, schema and tool version, command line, inputs with hashes."""
+def input_records(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, str]]:
+    """[{path, sha256}] of input files, in the order given (tables list their inputs this way)."""
+    return [{"path": str(p), "sha256": file_sha256(p)} for p in paths]
+
+
+def provenance(kind: str, inputs: Sequence[Mapping[str, str]], options: Mapping[str, Any], command: str) -> dict[str, Any]:
+    """The metadata every table carries.
+
+    Parameters
+    ----------
+    kind : str
+        The table's kind (``clones``, ``clones-summary``, ``ensemble``, ``history``).
+    inputs : sequence of {path, sha256}
+        The input files (see `input_records`).
+    options : mapping
+        The options that determine the table's numbers (they and the inputs make its `Stamp`).
+    command : str
+        The stage's own command line (`StageSettings.command`), also when a sweep or the demo ran it.
+    """
     return {
         "kind": kind,
         "schema_version": SCHEMA_VERSION,
         "mitosis_version": __version__,
-        "command": shlex.join(["mitosis", *sys.argv[1:]]),
-        "inputs": [{"path": str(p), "sha256": file_sha256(p)} for p in inputs],
-        "options": options or {},
+        "command": command,
+        "inputs": [dict(item) for item in inputs],
+        "options": dict(options),
     }
+
+
+def table_stamp(meta: Mapping[str, Any], stage: str) -> Stamp | None:
+    """The `Stamp` a table's metadata records (None when the metadata is not a mitosis table's)."""
+    inputs, options = meta.get("inputs"), meta.get("options")
+    if not isinstance(inputs, list) or not isinstance(options, dict) or not all(isinstance(i, dict) for i in inputs):
+        return None
+    return Stamp.of(stage, [str(i.get("sha256", "")) for i in inputs], options)
 
 
 def write_table(path: str | os.PathLike[str], table: pa.Table, meta: dict[str, Any]) -> Path:

@@ -1,37 +1,26 @@
-"""Assemble a report: decide which figures the tables support, render them, write the folder atomically.
-
-The output folder is built complete in a temporary folder beside the target and then swapped in, so
-a killed job leaves either the previous report or the new one, never a mix. A stamp file records the
-inputs (sha256) and options; a rerun with the same ones skips the work.
-"""
+"""Assemble a report: decide which figures the tables support, render them, and write the report's files
+(index.html, summary.md, figures/) into a folder. The report stage (stages/report.py) owns the output
+transaction around it: the stamp, the lock and the staged folder swapped into place."""
 
 from __future__ import annotations
 
-import errno
 import io
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from mitosis_cli import __version__
-from mitosis_cli.errors import InputError, OutputError
 from mitosis_cli.report import figures as F
 from mitosis_cli.report.html import RenderedFigure, ReportDocument, render_html, render_markdown
-from mitosis_cli.report.inputs import FIGURES_OF_KIND, ReportInputs, load_inputs
+from mitosis_cli.report.inputs import FIGURES_OF_KIND, ReportInputs
 from mitosis_cli.report.select import network_epochs, network_keys, network_label, select_network
 from mitosis_cli.report.summary import summary_tables
 
 import matplotlib.pyplot as plt  # noqa: E402 - `figures` imported `style`, which selected the Agg backend
 from matplotlib.figure import Figure  # noqa: E402
 
-STAMP = ".mitosis-report.json"
 PNG_DPI = 200  # sharp on high-density screens and in print
 # On screen a figure inch is shown as 140 CSS pixels (1.45x print size): a full-width (7 in) figure then
 # fills the page's ~980 px text column and its 8 pt labels read like body text.
@@ -51,20 +40,6 @@ class FigurePlan:
     title: str
     caption: str
     make: Callable[[], Figure]
-
-
-@dataclass
-class ReportResult:
-    out: Path
-    skipped: bool
-    figures: list[dict[str, str]]
-    inputs: list[dict[str, Any]]
-    notes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        figures = [{**f, "png": str(self.out / f["png"]), "svg": str(self.out / f["svg"])} for f in self.figures]
-        return {"out": str(self.out), "index": str(self.out / "index.html"), "summary": str(self.out / "summary.md"),
-                "skipped": self.skipped, "figures": figures, "inputs": self.inputs, "notes": self.notes}
 
 
 def _slug(*parts: object) -> str:
@@ -148,91 +123,27 @@ def _render(plan: FigurePlan, folder: Path) -> RenderedFigure:
     return RenderedFigure(plan.name, plan.section, plan.title, plan.caption, png, round(width * scale), round(height * scale))
 
 
-def _stamp_key(inputs: ReportInputs, options: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "mitosis_version": __version__,
-        "inputs": [{"path": str(f.path), "sha256": f.sha256} for f in inputs.files],
-        "ignored": [str(p) for p, _ in inputs.ignored],
-        "options": options,
-    }
+def write_report_files(inputs: ReportInputs, folder: Path, title: str,
+                       on_figure: Callable[[str], None] | None = None) -> tuple[list[dict[str, str]], list[str]]:
+    """Draw every figure the tables support and write index.html, summary.md and figures/ into `folder`.
 
-
-def _read_stamp(out: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((out / STAMP).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _check_target(out: Path) -> None:
-    # The target is replaced as a whole, so it must be ours (or empty): never delete someone's folder.
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a directory", hint="choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / STAMP).is_file():
-        raise InputError(f"{out}: is not empty and is not a mitosis report folder; not overwriting it",
-                         hint="choose another --out, or remove the folder")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _swap_in(built: Path, out: Path) -> None:
-    """Replace `out` with the finished folder `built` (both in the same parent, so renames are atomic)."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(built, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(built, out)
-
-
-def build_report(paths: list[Path], out: Path, title: str = "Representation mitosis report", force: bool = False,
-                 on_figure: Callable[[str], None] | None = None) -> ReportResult:
-    """Read the tables, draw every figure they support and write `out`/{index.html, summary.md, figures/}.
-
-    `on_figure(name)` is called after each figure is written (for progress).
+    Returns the figures written (name, title, section, png and svg paths relative to `folder`) and the
+    notes on what was skipped. `on_figure(name)` is called after each figure (for progress).
     """
-    inputs = load_inputs(paths)
-    _check_target(out)
-    options = {"title": title}
-    key = _stamp_key(inputs, options)
-    input_list = [{"path": str(f.path), "kind": f.kind, "rows": f.rows, "sha256": f.sha256} for f in inputs.files]
-    previous = _read_stamp(out)
-    if not force and previous is not None and previous.get("key") == key:
-        listed = previous.get("figures", [])
-        files = [out / "index.html", out / "summary.md"] + [out / f[ext] for f in listed for ext in ("png", "svg")]
-        if all(p.is_file() for p in files):
-            return ReportResult(out, True, listed, input_list, previous.get("notes", []))
-
     plans, notes = plan_figures(inputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        figure_dir = building / "figures"
-        figure_dir.mkdir()
-        rendered = []
-        for plan in plans:
-            rendered.append(_render(plan, figure_dir))
-            if on_figure is not None:
-                on_figure(plan.name)
-        doc = ReportDocument(
-            title=title, version=__version__, figures=rendered, tables=summary_tables(inputs),
-            inputs=[(str(f.path), f.kind, f.sha256, f.rows) for f in inputs.files], notes=notes,
-        )
-        (building / "index.html").write_text(render_html(doc), encoding="utf-8")
-        (building / "summary.md").write_text(render_markdown(doc), encoding="utf-8")
-        listed = [{"name": f.name, "title": f.title, "section": f.section,
-                   "png": f"figures/{f.name}.png", "svg": f"figures/{f.name}.svg"} for f in rendered]
-        (building / STAMP).write_text(json.dumps({"key": key, "figures": listed, "notes": notes}, indent=1, sort_keys=True))
-        os.chmod(building, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it the mode mkdir would have
-        _swap_in(building, out)
-    except BaseException as err:
-        shutil.rmtree(building, ignore_errors=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS):
-            raise OutputError(f"cannot write {out}: {err.strerror}") from err  # one line naming the report, exit 1
-        raise
-    return ReportResult(out, False, listed, input_list, notes)
+    figure_dir = folder / "figures"
+    figure_dir.mkdir()
+    rendered = []
+    for plan in plans:
+        rendered.append(_render(plan, figure_dir))
+        if on_figure is not None:
+            on_figure(plan.name)
+    doc = ReportDocument(
+        title=title, version=__version__, figures=rendered, tables=summary_tables(inputs),
+        inputs=[(str(f.path), f.kind, f.sha256, f.rows) for f in inputs.files], notes=notes,
+    )
+    (folder / "index.html").write_text(render_html(doc), encoding="utf-8")
+    (folder / "summary.md").write_text(render_markdown(doc), encoding="utf-8")
+    listed = [{"name": f.name, "title": f.title, "section": f.section,
+               "png": f"figures/{f.name}.png", "svg": f"figures/{f.name}.svg"} for f in rendered]
+    return listed, notes

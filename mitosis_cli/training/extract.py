@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from torch import nn
 
 from mitosis_cli.data import Dataset, load_dataset
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import ActivationMeta, Batch, read_info, shard_range, write_activations
+from mitosis_cli.io.activations import ActivationHeader, Batch, shard_range, write_activations
 from mitosis_cli.io.checkpoints import load_checkpoint
 from mitosis_cli.io.tables import file_sha256
 from mitosis_cli.models import build_model
@@ -91,19 +92,15 @@ def extraction_config(trained: TrainedModel, untrained: bool, noise_inputs: bool
     return trained.config.to_dict() | {"untrained": untrained, "noise_inputs": noise_inputs}
 
 
-def extraction_is_current(path: Path, trained: TrainedModel, splits: tuple[str, ...], untrained: bool,
-                          noise_inputs: bool, shard: tuple[int, int] | None = None) -> bool:
-    """True when `path` already holds this checkpoint's activations for the same splits, controls and shard."""
-    if not path.is_file():
-        return False
-    try:
-        info = read_info(path)
-    except InputError:
-        return False  # unreadable or foreign: overwrite it
-    return (info.attrs.get("source_sha256") == trained.checkpoint_sha256
-            and info.config == extraction_config(trained, untrained, noise_inputs)
-            and set(info.splits) == set(splits)
-            and info.attrs.get("shard", "") == (f"{shard[0]}/{shard[1]}" if shard else ""))
+def extraction_header(trained: TrainedModel, splits: tuple[str, ...], untrained: bool, noise_inputs: bool,
+                      shard: tuple[int, int] | None) -> ActivationHeader:
+    """The header an extraction of `trained` writes (its `stamp` decides whether an existing file is current)."""
+    cfg = trained.config
+    return ActivationHeader(
+        width=cfg.width, num_classes=trained.num_classes, dataset=cfg.dataset, arch=cfg.model_spec.family, seed=cfg.seed,
+        epoch=trained.epoch, layer=LAYER_NAME, config=extraction_config(trained, untrained, noise_inputs),
+        source_sha256=trained.checkpoint_sha256, inputs="gaussian-noise" if noise_inputs else "data",
+        shard=f"{shard[0]}/{shard[1]}" if shard else "", splits={s: 0 for s in splits})
 
 
 def extract_activations(
@@ -144,21 +141,7 @@ def extract_activations(
             shard_rows[name] = [start, stop, len(y)]
             x, y = x[start:stop], y[start:stop]
         streams[name] = (len(y), _batches(model, x, y, device))
-    config = extraction_config(trained, untrained, noise_inputs)
-    meta = ActivationMeta(
-        width=cfg.width,
-        num_classes=trained.num_classes,
-        dataset=cfg.dataset,
-        arch=cfg.model_spec.family,
-        seed=cfg.seed,
-        epoch=trained.epoch,
-        layer=LAYER_NAME,
-        config=config,
-        source_sha256=trained.checkpoint_sha256,
-        inputs="gaussian-noise" if noise_inputs else "data",
-        shard=f"{shard[0]}/{shard[1]}" if shard else "",
-        shard_rows=shard_rows,
-    )
+    header = dataclasses.replace(extraction_header(trained, splits, untrained, noise_inputs, shard), shard_rows=shard_rows)
     weight = head.weight.detach().float().cpu().numpy()
     bias = head.bias.detach().float().cpu().numpy()
-    return write_activations(out, meta, weight, bias, streams)
+    return write_activations(out, header, weight, bias, streams)

@@ -29,6 +29,7 @@ from mitosis_cli.data.augment import random_crop_flip
 from mitosis_cli.errors import InputError, Preempted
 from mitosis_cli.io.atomic import atomic_path
 from mitosis_cli.io.checkpoints import load_checkpoint, save_checkpoint
+from mitosis_cli.io.stamp import Stamp, decide
 from mitosis_cli.io.tables import provenance, write_table
 from mitosis_cli.models import build_model
 from mitosis_cli.training.config import TrainConfig
@@ -110,10 +111,11 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _write_history(run_dir: Path, cfg: TrainConfig, history: list[dict[str, float]], zero_error_epoch: int | None) -> None:
+def _write_history(run_dir: Path, cfg: TrainConfig, history: list[dict[str, float]], zero_error_epoch: int | None,
+                   command: str) -> None:
     columns = {c: [row[c] for row in history] for c in HISTORY_COLUMNS}
     table = pa.table({c: pa.array(v, pa.int64() if c == "epoch" else pa.float64()) for c, v in columns.items()})
-    meta = provenance("history", [], {"config": cfg.to_dict(), "zero_error_epoch": zero_error_epoch})
+    meta = provenance("history", [], {"config": cfg.to_dict(), "zero_error_epoch": zero_error_epoch}, command)
     write_table(run_dir / HISTORY, table, meta)
 
 
@@ -130,27 +132,28 @@ def _checkpoint_payload(cfg: TrainConfig, model: nn.Module, data: Dataset, **sta
 def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool) -> dict[str, Any] | None:
     """Decide what to do with an existing run directory; return the checkpoint to continue from, if any.
 
-    A finished run with the same config is reused (`TrainResult.skipped`); an unfinished one needs
-    `--resume`; a different config needs `--force` or another directory.
+    The run's `Stamp` is its configuration: a run with the same one is reused when finished (the
+    result is `TrainResult.skipped`) and continued with `resume` when not; another configuration,
+    or a checkpoint mitosis cannot read, is refused unless `force` (which starts over).
     """
     ckpt_path = run_dir / CHECKPOINT
-    if force:
-        for name in (CHECKPOINT, HISTORY, CONFIG):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        return None
-    if not ckpt_path.exists():
+    wanted = Stamp.of("train", [], cfg.to_dict())
+    if force or not ckpt_path.exists():
         return None
     ckpt = load_checkpoint(ckpt_path)
     saved = TrainConfig.from_dict(json.loads(ckpt["config"]))
-    if saved != cfg:
-        diff = [k for k, v in cfg.to_dict().items() if saved.to_dict().get(k) != v]
-        raise InputError(f"{run_dir} holds a run with different options ({', '.join(diff)})",
-                         hint="use another --out directory, or --force to start over")
+    decide(run_dir, wanted, Stamp.of("train", [], saved.to_dict()), exists=True, force=False)
     if not ckpt.get("finished") and not resume:
         raise InputError(f"{run_dir} holds an unfinished run (epoch {ckpt['epoch']})",
                          hint="add --resume to continue it, or --force to start over")
     return ckpt
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """`--force`: remove a previous run's files (once the new run's data and model are ready)."""
+    for name in (CHECKPOINT, HISTORY, CONFIG):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 def train_run(
@@ -164,6 +167,7 @@ def train_run(
     force: bool = False,
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
     stop: StopFlag | None = None,
+    command: str = "",
 ) -> TrainResult:
     """Train `cfg` into `run_dir` (config.json, checkpoint.pt, checkpoints/epoch-NNNN.pt, history.parquet).
 
@@ -181,6 +185,8 @@ def train_run(
         Called as ``on_epoch(epoch, planned_epochs, history_row)`` after each epoch.
     stop : StopFlag, optional
         When its signal is set, the loop saves a checkpoint and raises `Preempted`.
+    command : str
+        The command line that runs this training (`TrainSettings.command`), recorded in history.parquet.
     """
     device = device or torch.device("cpu")
     ranks = init_ranks(device)
@@ -188,13 +194,13 @@ def train_run(
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
     ckpt = None if force and not ranks.is_main else check_run_dir(run_dir, cfg, resume, force)
-    if ranks.active:
-        torch.distributed.barrier()  # rank 0 has cleared the directory before anyone goes on
     if ckpt is not None and ckpt.get("finished"):
         history = json.loads(ckpt["history"])
         return TrainResult(run_dir, ckpt["epoch"], _zero_epoch(ckpt), history, skipped=True, device=str(device))
     data = load_dataset(cfg.dataset, data_dir, download, cfg.train_size).to(device)
     if ranks.is_main:
+        if force:
+            _clear_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(run_dir / CONFIG) as tmp:  # a kill mid-write must not leave half a config.json
             tmp.write_text(cfg.to_json() + "\n")
@@ -231,6 +237,8 @@ def train_run(
     elif 0 in cfg.save_epochs and ranks.is_main:
         _save_snapshot(run_dir, 0, cfg, model, data)
     model = wrap_model(model, ranks, device)
+    if ranks.active:
+        torch.distributed.barrier()  # rank 0 has cleared the directory before anyone goes on
 
     def keep_going() -> bool:
         if epoch < int(cfg.epochs):
@@ -297,7 +305,7 @@ def train_run(
             if ranks.is_main:
                 if epoch in cfg.save_epochs:
                     _save_snapshot(run_dir, epoch, cfg, model, data)
-                _write_history(run_dir, cfg, history, zero_epoch)
+                _write_history(run_dir, cfg, history, zero_epoch, command)
             save()
             if on_epoch is not None:
                 on_epoch(epoch, int(cfg.epochs), row)

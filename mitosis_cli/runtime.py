@@ -1,0 +1,65 @@
+"""Where the work runs: the torch device and the number of CPU threads (torch is imported only when asked)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from mitosis_cli.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")  # and cuda:N
+
+
+def default_threads() -> int:
+    """CPU threads for torch: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (default `default_threads()`); return the number used."""
+    import torch
+
+    n = threads or default_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; a named device is checked (cpu or cuda[:N] only)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name!r}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine", hint="use --device cpu")
+    return device
+
+
+def return_freed_memory_to_os() -> None:
+    """Serve allocations of 1 MiB and more with mmap (glibc), so freed blocks leave the process at once.
+
+    glibc otherwise raises its mmap threshold after the first large free and keeps later freed row
+    blocks and (s x W) solves in the heap: measured +110 MiB of peak RSS in `clones` at N=10,000,
+    W=2,048. No effect (and no error) where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,340 @@
+"""The clones stage: how the last hidden layer splits into clones (Doimo et al. 2022).
+
+Per network, for random chunks of neurons of each size: the trained head restricted to the chunk
+(chunk accuracy and error), a ridge probe fitted on the chunk (train -> test), the ridge
+reconstruction R^2 of the whole layer and the correlation and shape of its residuals (from streamed
+moments), and the Information Imbalance between chunk and layer. Then the clone size, the number of
+clones and, across networks, their growth with the width (`clone_summary`).
+
+`measure_clones` works on activation files or on in-memory `Activations` and returns the tables;
+`run_clones` is the command: it reads files, skips or refuses an existing output by its stamp, and
+writes clones.parquet and clones-summary.parquet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mitosis_cli.analysis import accuracy, chunks as chunking, reconstruction
+from mitosis_cli.analysis.information_imbalance import chunk_information_imbalances
+from mitosis_cli.analysis.reconstruction import RIDGE_ALPHA
+from mitosis_cli.errors import InputError
+from mitosis_cli.io.activations import ActivationFile, ActivationSource
+from mitosis_cli.io.atomic import output_lock
+from mitosis_cli.io.clone_tables import clones_table, read_clones, read_clones_summary, write_clone_tables
+from mitosis_cli.io.ensemble_tables import read_error_inf
+from mitosis_cli.io.stamp import Decision, Stamp, decide
+from mitosis_cli.io.tables import input_records, provenance, table_stamp
+from mitosis_cli.runtime import pick_device, return_freed_memory_to_os, set_threads
+from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
+from mitosis_cli.stages.clone_summary import MeasuredNetwork, NetworkClones, networks_from_summary, summarize_clones
+
+DIAGNOSTIC_REPEATS = 3  # chunks per size whose residual shape is measured (a pass over the data each)
+DIAGNOSTIC_TARGETS = 128  # neurons outside the chunk whose residuals are tested
+BLOCK_BYTES = 8 << 20  # float32 rows streamed at a time
+STEPS_PER_NETWORK = 4
+CLONES_TABLE, SUMMARY_TABLE = "clones.parquet", "clones-summary.parquet"
+
+
+@dataclass(frozen=True)
+class CloneSettings(StageSettings):
+    """Options of `mitosis clones` (the defaults are the paper's protocol).
+
+    Attributes
+    ----------
+    inputs : tuple of Path
+        Activation files (for `run_clones`; `measure_clones` takes its sources directly).
+    out : Path or None
+        Folder for the two tables (default: beside the first input).
+    sizes : tuple of int or None
+        Chunk sizes (default: powers of two below W, and W).
+    repeats, acc_repeats : int
+        Random chunks per size for R^2, residuals and Information Imbalance / for chunk and probe accuracy.
+    seed : int
+        Seed of the chunk draws and subsamples.
+    rescale : bool
+        Also score the restricted head with its weights times W / chunk size.
+    r2_threshold : float
+        Mean R^2 that defines the clone size.
+    ii_points, ii_k : int
+        Rows of the seeded subsample for the Information Imbalance (0 skips it) and its neighbour rank.
+    error_inf : float or None
+        Test error of a large ensemble, for the excess-error fit.
+    ensemble : Path or None
+        An ensemble.parquet to read error_inf from (instead of `error_inf`).
+    force, device, threads
+        Redo existing work; where to compute; CPU threads (None: leave torch's setting).
+    """
+
+    stage = "clones"
+    inputs: tuple[Path, ...] = ()
+    out: Path | None = None
+    sizes: tuple[int, ...] | None = None
+    repeats: int = 40
+    acc_repeats: int = 100
+    seed: int = 0
+    rescale: bool = False
+    r2_threshold: float = 0.99
+    ii_points: int = 2000
+    ii_k: int = 1
+    error_inf: float | None = None
+    ensemble: Path | None = None
+    force: bool = False
+    device: str = "auto"
+    threads: int | None = None
+
+    def to_argv(self) -> list[str]:
+        default = CloneSettings()
+        changed = [(name, getattr(self, key)) for key, name in (
+            ("out", "out"), ("sizes", "sizes"), ("repeats", "repeats"), ("acc_repeats", "acc-repeats"), ("seed", "seed"),
+            ("r2_threshold", "r2-threshold"), ("ii_points", "ii-points"), ("ii_k", "ii-k"), ("error_inf", "error-inf"),
+            ("ensemble", "ensemble"), ("device", "device"), ("threads", "threads"),
+        ) if getattr(self, key) != getattr(default, key)]
+        flags = [("rescale", self.rescale or None), ("force", self.force or None)]
+        return ["clones", *option_words(changed + flags), *paths_after_options(self.inputs)]
+
+    def options(self) -> dict[str, Any]:
+        """The options that determine the tables' numbers (with error_inf resolved)."""
+        return {"sizes": list(self.sizes) if self.sizes else None, "repeats": self.repeats, "acc_repeats": self.acc_repeats,
+                "seed": self.seed, "rescale": self.rescale, "r2_threshold": self.r2_threshold,
+                "ii_points": self.ii_points, "ii_k": self.ii_k, "error_inf": self.error_inf, "ridge_alpha": RIDGE_ALPHA,
+                "diagnostics": [DIAGNOSTIC_REPEATS, DIAGNOSTIC_TARGETS]}
+
+
+@dataclass(frozen=True)
+class CloneTables:
+    """The two tables of a clones measurement (pyarrow; ``.to_pandas()`` for pandas) and their key facts."""
+
+    clones: pa.Table
+    summary: pa.Table
+    networks: list[NetworkClones]
+    growth: dict[str, float]  # critical_width, clones_per_width_slope (two or more widths)
+
+
+@dataclass
+class _Rows:
+    """Rows of the clones table for one network, filled column by column."""
+
+    identity: dict[str, Any]
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+
+    def add(self, split: str, metric: str, size: int, values: np.ndarray, n_points: int | None = None,
+            k: int | None = None) -> None:
+        for repeat, value in enumerate(values.tolist()):
+            if math.isnan(value):  # n/a for this chunk (e.g. no neuron left outside it)
+                continue
+            row = {**self.identity, "split": split, "metric": metric, "chunk_size": size, "repeat": repeat,
+                   "value": value, "n_points": n_points, "k": k}
+            for key, item in row.items():
+                self.columns.setdefault(key, []).append(item)
+
+
+def _labelled_blocks(source: ActivationSource, split: str) -> Any:
+    """(features, labels, first row) blocks of a split, ~BLOCK_BYTES of features each."""
+    labels = source.labels(split)
+    rows = max(64, BLOCK_BYTES // (4 * source.header.width))
+    start = 0
+    for block in source.iter_blocks(split, rows=rows):
+        yield block, labels[start : start + len(block)], start
+        start += len(block)
+
+
+def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, on_step: OnStep) -> tuple[_Rows, MeasuredNetwork]:
+    """All per-chunk measurements of one network."""
+    import torch
+
+    header = source.header
+    width, classes = header.width, header.num_classes
+    sizes = list(cfg.sizes or chunking.default_sizes(width))
+    weight, bias = source.head()
+    draws = {s: chunking.draw_chunks(width, s, max(cfg.repeats, cfg.acc_repeats), cfg.seed) for s in sizes}
+    acc_chunks = {s: d[: cfg.acc_repeats] for s, d in draws.items()}
+    reg_chunks = {s: d[: cfg.repeats] for s, d in draws.items()}
+    main = "test" if "test" in header.splits else "train"
+    identity = {"source": source.name, "arch": header.arch, "dataset": header.dataset, "width": width,
+                "seed": header.seed, "epoch": header.epoch}
+    out = _Rows(identity)
+    task = Path(source.name).name
+    done = 0
+
+    def step(status: str) -> None:
+        nonlocal done
+        done += 1
+        on_step(Progress(task, done, STEPS_PER_NETWORK, status))
+
+    scalings = [False, True] if cfg.rescale else [False]
+    readouts = {(s, rescaled): tuple(t.to(device) for t in accuracy.head_readouts(weight, bias, acc_chunks[s], rescaled))
+                for s in sizes for rescaled in scalings}
+    moments: dict[str, reconstruction.Moments] = {}
+    ii_rows: np.ndarray | None = None
+    x_ii: np.ndarray | None = None
+    n_main = header.splits[main]
+    if cfg.ii_points > 0 and cfg.repeats > 0:
+        n_ii = min(cfg.ii_points, n_main)
+        ii_rows = np.sort(np.random.default_rng([cfg.seed, n_main]).choice(n_main, n_ii, replace=False))
+        x_ii = np.empty((n_ii, width), np.float32)
+    for split in [s for s in ("train", "test") if s in header.splits]:
+        acc = reconstruction.MomentAccumulator(width + classes, device)
+        correct = {key: np.zeros(cfg.acc_repeats, np.int64) for key in readouts}
+        for block, labels, start in _labelled_blocks(source, split):
+            x = torch.from_numpy(block).to(device)
+            acc.update(torch.cat([x, accuracy.one_hot(labels, classes).to(device, torch.float32)], dim=1))
+            for (s, rescaled), (coef, intercept) in readouts.items():
+                correct[(s, rescaled)] += accuracy.count_correct(x, labels, acc_chunks[s], coef, intercept)
+            if split == main and ii_rows is not None and x_ii is not None:
+                inside = (ii_rows >= start) & (ii_rows < start + len(block))
+                x_ii[inside] = block[ii_rows[inside] - start]
+        moments[split] = acc.result()
+        for (s, rescaled), count in correct.items():
+            frac = count / header.splits[split]
+            suffix = "_rescaled" if rescaled else ""
+            out.add(split, f"chunk_accuracy{suffix}", s, frac)
+            out.add(split, f"chunk_error{suffix}", s, 1.0 - frac)
+        step(f"{split}: moments and chunk accuracy")
+
+    layer = moments[main].leading(width)
+    fit = moments["train"].leading(width) if main == "test" and "train" in moments else None
+    for s in sizes:
+        scores = reconstruction.reconstruction_scores(layer, reg_chunks[s], fit=fit)
+        out.add(main, "reconstruction_r2", s, scores.r2)
+        out.add(main, "residual_abs_corr", s, scores.residual_abs_corr)
+        out.add(main, "residual_frob_corr", s, scores.residual_frob_corr)
+        if scores.r2_out_of_sample is not None:
+            out.add("train->test", "reconstruction_r2", s, scores.r2_out_of_sample)
+    step("reconstruction R^2 and residual correlations")
+
+    # second pass over the main split: probe accuracy (fitted on train) and the residuals' shape
+    probes = {s: accuracy.probe_readouts(moments["train"], width, acc_chunks[s]) for s in sizes} if fit is not None else {}
+    diag_chunks = [(s, r, c) for s in sizes for r, c in enumerate(reg_chunks[s][:DIAGNOSTIC_REPEATS]) if s < width - 1]
+    shape = reconstruction.ResidualShape(
+        layer, [c for _, _, c in diag_chunks],
+        [chunking.sample_outside(width, c, DIAGNOSTIC_TARGETS, cfg.seed + r) for _, r, c in diag_chunks])
+    probe_correct = {s: np.zeros(cfg.acc_repeats, np.int64) for s in probes}
+    for block, labels, _ in _labelled_blocks(source, main):
+        x = torch.from_numpy(block).to(device)
+        shape.update(x)
+        for s, (coef, intercept) in probes.items():
+            probe_correct[s] += accuracy.count_correct(x, labels, acc_chunks[s], coef, intercept)
+    for s, count in probe_correct.items():
+        frac = count / n_main
+        out.add("train->test", "probe_accuracy", s, frac)
+        out.add("train->test", "probe_error", s, 1.0 - frac)
+    diag = shape.result()
+    for name in ("abs_skew", "abs_excess_kurtosis", "abs_sq_corr"):
+        for s in sizes:
+            picked = [i for i, (size, _, _) in enumerate(diag_chunks) if size == s]
+            out.add(main, f"residual_{name}", s, diag[name][picked])
+    step("probe accuracy and residual shape")
+
+    if x_ii is not None:
+        for s in sizes:
+            deltas = chunk_information_imbalances(x_ii, list(reg_chunks[s]), cfg.ii_k, device=str(device))
+            out.add(main, "ii_chunk_to_full", s, deltas[:, 0], n_points=len(x_ii), k=cfg.ii_k)
+            out.add(main, "ii_full_to_chunk", s, deltas[:, 1], n_points=len(x_ii), k=cfg.ii_k)
+    step("information imbalance")
+    return out, MeasuredNetwork(identity, main, tuple(sizes))
+
+
+def check_sources(sources: Sequence[ActivationSource], settings: CloneSettings) -> None:
+    """Refuse settings that cannot apply to these networks, before any work (one line naming the network)."""
+    if not sources:
+        raise InputError("no activations to measure: give at least one activation file")
+    for source in sources:
+        too_big = [s for s in settings.sizes or () if s > source.header.width]
+        if too_big:
+            raise InputError(f"{source.name}: chunk size {too_big[0]} is larger than the layer width W={source.header.width}")
+
+
+def measure_clones(sources: Sequence[ActivationSource], settings: CloneSettings = CloneSettings(),
+                   on_step: OnStep = no_progress) -> CloneTables:
+    """Measure the clones of each network and summarise them.
+
+    Parameters
+    ----------
+    sources : sequence of ActivationFile or Activations
+        The networks (files are streamed, never loaded whole).
+    settings : CloneSettings
+        The protocol; `settings.inputs`, `out`, `ensemble` and `force` are not used here.
+    on_step : callable
+        Receives a `Progress` after each phase of each network.
+
+    Returns
+    -------
+    CloneTables
+        clones (one row per chunk and metric) and clones-summary tables, and the per-network facts.
+    """
+    check_sources(sources, settings)
+    device = pick_device(settings.device)
+    columns: dict[str, list[Any]] = {}
+    measured = []
+    for source in sources:
+        rows, network = _measure_network(source, settings, device, on_step)
+        for key, column in rows.columns.items():
+            columns.setdefault(key, []).extend(column)
+        measured.append(network)
+    clones = clones_table(columns)
+    summary = summarize_clones(clones, measured, settings.r2_threshold, settings.error_inf)
+    networks, growth = networks_from_summary(summary)
+    return CloneTables(clones, summary, networks, growth)
+
+
+@dataclass(frozen=True)
+class CloneResult:
+    """What `run_clones` did: the tables it wrote (or found current) and their key facts."""
+
+    outputs: tuple[Path, Path]
+    skipped: bool
+    networks: list[NetworkClones]
+    growth: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "outputs": [str(p) for p in self.outputs],
+                "files": [n.to_json() for n in self.networks], **self.growth}
+
+
+def _existing_stamp(folder: Path) -> Stamp | None:
+    """The stamp both tables in `folder` agree on; None when either is missing, foreign or they disagree."""
+    try:
+        stamps = {table_stamp(read_clones(folder / CLONES_TABLE)[1], "clones"),
+                  table_stamp(read_clones_summary(folder / SUMMARY_TABLE)[1], "clones")}
+    except InputError:
+        return None
+    return stamps.pop() if len(stamps) == 1 else None
+
+
+def run_clones(settings: CloneSettings, on_step: OnStep = no_progress) -> CloneResult:
+    """`mitosis clones`: measure the input files and write clones.parquet and clones-summary.parquet.
+
+    The output folder is skipped when it already holds tables of the same inputs and options, and
+    refused when it holds other ones (unless `settings.force`).
+    """
+    if settings.error_inf is not None and settings.ensemble is not None:
+        raise InputError("give --error-inf or --ensemble, not both")
+    sources = [ActivationFile(p) for p in settings.inputs]
+    check_sources(sources, settings)
+    if settings.ensemble is not None:
+        settings = dataclasses.replace(settings, error_inf=read_error_inf(settings.ensemble))
+    folder = settings.out if settings.out is not None else settings.inputs[0].parent
+    targets = (folder / CLONES_TABLE, folder / SUMMARY_TABLE)
+    inputs = input_records([*settings.inputs, *([settings.ensemble] if settings.ensemble else [])])
+    wanted = Stamp.of("clones", [i["sha256"] for i in inputs], settings.options())
+    with output_lock(targets[0]):
+        exists = any(t.exists() for t in targets)
+        if decide(folder / CLONES_TABLE, wanted, _existing_stamp(folder), exists=exists, force=settings.force) is Decision.SKIP:
+            networks, growth = networks_from_summary(read_clones_summary(targets[1])[0])
+            return CloneResult(targets, True, networks, growth)
+        if settings.threads is not None:
+            set_threads(settings.threads)
+        return_freed_memory_to_os()
+        tables = measure_clones(sources, settings, on_step)
+        meta = provenance("clones", inputs, settings.options(), settings.command())
+        written = write_clone_tables(folder, tables.clones, tables.summary, meta)
+    return CloneResult(written, False, tables.networks, tables.growth)

@@ -1,0 +1,106 @@
+"""The train stage: train one network into a run directory, and extract its activations if asked."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mitosis_cli.io.atomic import output_lock
+from mitosis_cli.runtime import pick_device, set_threads
+from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words
+from mitosis_cli.stages.extract import ExtractResult, ExtractSettings, run_extract
+from mitosis_cli.training.config import TrainConfig
+from mitosis_cli.training.loop import StopFlag, TrainResult, train_run
+
+
+@dataclass(frozen=True)
+class TrainSettings(StageSettings):
+    """Options of `mitosis train`: the hyper-parameters (`config`) and where the run goes.
+
+    Attributes
+    ----------
+    config : TrainConfig
+        Every hyper-parameter; `None` fields take the data set's defaults (`TrainConfig.resolved`).
+    out : Path
+        The run directory.
+    acts : Path or None
+        Also extract the activations to this file at the end.
+    data_dir, download : Path or None, bool
+        Folder of real data sets in torchvision's layout; let torchvision download a missing one.
+    resume, force : bool
+        Continue an interrupted run; start over whatever the directory holds.
+    device, threads : str, int or None
+        Where to train; CPU threads (None: leave torch's setting).
+    """
+
+    stage = "train"
+    config: TrainConfig = field(default_factory=TrainConfig)
+    out: Path = Path("runs/run")
+    acts: Path | None = None
+    data_dir: Path | None = None
+    download: bool = False
+    resume: bool = False
+    force: bool = False
+    device: str = "auto"
+    threads: int | None = None
+
+    def to_argv(self) -> list[str]:
+        default = TrainConfig()
+        options: list[tuple[str, Any]] = []
+        for f in dataclasses.fields(TrainConfig):
+            value = getattr(self.config, f.name)
+            if value == getattr(default, f.name):
+                continue
+            if f.name == "until_zero_error":  # a plain flag (off is the default, left out above)
+                value = True
+            options.append((f.name.replace("_", "-"), value))
+        options += [("out", self.out), ("acts", self.acts), ("data-dir", self.data_dir),
+                    ("download", self.download or None), ("resume", self.resume or None), ("force", self.force or None),
+                    ("device", None if self.device == "auto" else self.device), ("threads", self.threads)]
+        return ["train", *option_words(options)]
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What `run_train` did: the training (or the finished run it found) and the extraction, if any."""
+
+    config: TrainConfig  # resolved
+    result: TrainResult
+    acts: ExtractResult | None
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result
+        return {"run_dir": str(r.run_dir), "epochs": r.epochs, "skipped": r.skipped, "zero_error_epoch": r.zero_error_epoch,
+                "final": r.final, "device": r.device, "acts": str(self.acts.acts) if self.acts else None,
+                "config": self.config.to_dict()}
+
+
+def run_train(settings: TrainSettings, on_step: OnStep = no_progress, stop: StopFlag | None = None) -> TrainOutcome:
+    """`mitosis train`: train `settings.config` into `settings.out` (resumable), then extract to `settings.acts`.
+
+    `on_step` receives a `Progress` per epoch whose `values` are the history row (epoch, lr, train_loss,
+    train_error, test_loss, test_error, seconds). Under torchrun only rank 0 writes and extracts.
+    """
+    cfg = settings.config.resolved()
+    if settings.threads is not None:
+        set_threads(settings.threads)
+    device = pick_device(settings.device)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+
+    def on_epoch(epoch: int, planned: int, row: dict[str, float]) -> None:
+        on_step(Progress("train", epoch, max(planned, epoch),
+                         f"train err {row['train_error']:.4f}  test err {row['test_error']:.4f}", row))
+
+    with output_lock(settings.out) if main_rank else nullcontext():
+        result = train_run(cfg, settings.out, data_dir=settings.data_dir, download=settings.download, device=device,
+                           resume=settings.resume, force=settings.force, on_epoch=on_epoch, stop=stop,
+                           command=settings.command())
+    acts = None
+    if settings.acts is not None and main_rank:
+        acts = run_extract(ExtractSettings(source=settings.out, out=settings.acts, data_dir=settings.data_dir,
+                                           device=settings.device, force=settings.force))
+    return TrainOutcome(cfg, result, acts)
