@@ -20,6 +20,7 @@ import os
 import platform
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -99,9 +100,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for width in args.widths:
         rate = {}
-        for name, run in (("ours", lambda: mitosis_loop(width, args.epochs, args.batch)),
-                          ("textbook", lambda: reference_loop(width, args.epochs, args.batch, "textbook")),
-                          ("tensors", lambda: reference_loop(width, args.epochs, args.batch, "tensors"))):
+        for name, run in (("ours", partial(mitosis_loop, width, args.epochs, args.batch)),
+                          ("textbook", partial(reference_loop, width, args.epochs, args.batch, "textbook")),
+                          ("tensors", partial(reference_loop, width, args.epochs, args.batch, "tensors"))):
             rate[name] = n * args.epochs / min(run() for _ in range(args.repeats))
         print(f"| {width} | {rate['ours']:,.0f} | {rate['textbook']:,.0f} | {rate['ours'] / rate['textbook']:.2f}x "
               f"| {rate['tensors']:,.0f} | {rate['ours'] / rate['tensors']:.2f}x |", flush=True)

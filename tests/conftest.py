@@ -18,16 +18,6 @@ from mitosis_cli.io.activations import ActivationMeta, write_activations
 torch.set_num_threads(1)
 
 
-def planted_clones(n: int, width: int, clone_size: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Features made of W / clone_size noisy copies of one `clone_size`-dimensional signal.
-
-    Returns (features (n, width), signal (n, clone_size)); neuron j copies signal[:, j % clone_size].
-    """
-    signal = rng.standard_normal((n, clone_size))
-    features = signal[:, np.arange(width) % clone_size] + noise * rng.standard_normal((n, width))
-    return features.astype(np.float32), signal
-
-
 def write_planted_acts(path: Path, n: int = 400, width: int = 64, clone_size: int = 8, noise: float = 0.05,
                        classes: int = 4, seed: int = 0, splits: tuple[str, ...] = ("train", "test"),
                        arch: str = "planted") -> Path:

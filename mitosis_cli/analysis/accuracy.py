@@ -33,7 +33,8 @@ def one_hot(labels: np.ndarray | torch.Tensor, num_classes: int) -> torch.Tensor
     return torch.nn.functional.one_hot(lab, num_classes).to(torch.float64)
 
 
-def head_readouts(weight: np.ndarray, bias: np.ndarray, chunks: np.ndarray, rescale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def head_readouts(weight: np.ndarray, bias: np.ndarray, chunks: np.ndarray,
+                  rescale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Readouts of the trained head restricted to each chunk.
 
     Parameters
@@ -63,7 +64,8 @@ def head_readouts(weight: np.ndarray, bias: np.ndarray, chunks: np.ndarray, resc
     return coef, intercept
 
 
-def probe_readouts(moments: Moments, width: int, chunks: np.ndarray, alpha: float = RIDGE_ALPHA) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_readouts(moments: Moments, width: int, chunks: np.ndarray,
+                   alpha: float = RIDGE_ALPHA) -> tuple[torch.Tensor, torch.Tensor]:
     """Ridge probes from each chunk to one-hot targets, from the moments of [X, Y] (W + C columns).
 
     Returns (coef (R, s, C), intercept (R, C)) in float32, in the layout of `head_readouts`.

@@ -57,12 +57,12 @@ class Moments:
     def dim(self) -> int:
         return int(self.mean.shape[0])
 
-    def leading(self, dim: int) -> "Moments":
+    def leading(self, dim: int) -> Moments:
         """The moments of the first `dim` columns (views, no copy)."""
         return Moments(self.n, self.mean[:dim], self.scatter[:dim, :dim])
 
     @classmethod
-    def of(cls, rows: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> "Moments":
+    def of(cls, rows: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> Moments:
         """The moments of an in-memory matrix (convenience for small data and tests)."""
         acc = MomentAccumulator(int(rows.shape[1]), device)
         acc.update(rows)
@@ -309,7 +309,7 @@ class ResidualShape:
         device = moments.scatter.device
         self._fits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._target_var: list[torch.Tensor] = []
-        for chunk, target in zip(chunks, targets):
+        for chunk, target in zip(chunks, targets, strict=True):
             idx = torch.as_tensor(np.asarray(chunk, np.int64), device=device)
             tgt = torch.as_tensor(np.asarray(target, np.int64), device=device)
             ridge = ridge_from_moments(moments, idx, alpha, targets=tgt)
@@ -328,7 +328,7 @@ class ResidualShape:
             sq = resid.square()
             sums = (resid.sum(0), sq.sum(0), (sq * resid).sum(0), sq.square().sum(0), sq.T @ sq)
             prev = self._sums[i]
-            self._sums[i] = sums if prev is None else tuple(a + b for a, b in zip(prev, sums))
+            self._sums[i] = sums if prev is None else tuple(a + b for a, b in zip(prev, sums, strict=True))
 
     def result(self) -> dict[str, np.ndarray]:
         """``{"abs_skew", "abs_excess_kurtosis", "abs_sq_corr"}``, arrays with one value per chunk (NaN n/a)."""

@@ -138,8 +138,9 @@ def _load_torchvision(spec: DatasetSpec, data_dir: Path | None, download: bool) 
             data = part.data.numpy() if isinstance(part.data, torch.Tensor) else np.asarray(part.data)
             targets = part.targets.numpy() if isinstance(part.targets, torch.Tensor) else np.asarray(part.targets)
             out += [data, targets.astype(np.int64)]
-    except Exception as err:  # noqa: BLE001 - a malformed folder can fail in many ways inside torchvision
-        raise InputError(f"{spec.name}: malformed data under {root} ({err})", hint=f"expected {root}/{spec.expected_files}") from err
+    except Exception as err:  # a malformed folder can fail in many ways inside torchvision
+        raise InputError(f"{spec.name}: malformed data under {root} ({err})",
+                         hint=f"expected {root}/{spec.expected_files}") from err
     return tuple(out)
 
 

@@ -67,7 +67,8 @@ class TrainConfig:
             (self.lr is None or self.lr > 0, "--lr must be positive"),
             (self.weight_decay is None or self.weight_decay >= 0, "--weight-decay must be >= 0"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-            (self.max_epochs is None or self.epochs is None or self.max_epochs >= self.epochs, "--max-epochs must be >= --epochs"),
+            (self.max_epochs is None or self.epochs is None or self.max_epochs >= self.epochs,
+             "--max-epochs must be >= --epochs"),
             (all(e >= 0 for e in self.save_epochs), "--save-epochs must be non-negative epoch numbers"),
         ]
         for ok, message in checks:
@@ -76,7 +77,8 @@ class TrainConfig:
 
     @property
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(self.arch, self.width, int(self.depth or DEFAULT_DEPTH[self.arch]), self.ending or DEFAULT_ENDING[self.arch])
+        depth = int(self.depth or DEFAULT_DEPTH[self.arch])
+        return ModelSpec(self.arch, self.width, depth, self.ending or DEFAULT_ENDING[self.arch])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

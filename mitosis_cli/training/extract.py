@@ -45,8 +45,8 @@ def find_checkpoint(source: Path, epoch: int | None) -> Path:
             path = source / "checkpoints" / f"epoch-{epoch:04d}.pt"
             if not path.exists():
                 saved = sorted(p.stem.removeprefix("epoch-") for p in (source / "checkpoints").glob("epoch-*.pt"))
-                raise InputError(f"{source}: no checkpoint for epoch {epoch}",
-                                 hint=f"saved epochs: {', '.join(s.lstrip('0') or '0' for s in saved) or 'none (use --save-epochs when training)'}")
+                listed = ", ".join(s.lstrip("0") or "0" for s in saved) or "none (use --save-epochs when training)"
+                raise InputError(f"{source}: no checkpoint for epoch {epoch}", hint=f"saved epochs: {listed}")
         if not path.exists():
             raise InputError(f"{source}: no {CHECKPOINT} in this run directory", hint="train it first with `mitosis train`")
         return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-
 EXTRA_LR_FRACTION = 0.1
 
 

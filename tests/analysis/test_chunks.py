@@ -16,8 +16,9 @@ def test_parse_sizes() -> None:
     assert parse_sizes("4,1, 2") == [1, 2, 4]
     assert parse_sizes("8-64") == [8, 16, 32, 64]
     assert parse_sizes("3-10,1") == [1, 3, 4, 8, 10]
-    for bad in ("", "a", "0", "8-4", "1-x"):
-        with pytest.raises(ValueError):
+    for bad, why in (("", "no chunk size"), ("a", "not a size"), ("0", "must be positive"),
+                     ("8-4", "ranges increasing"), ("1-x", "not a size")):
+        with pytest.raises(ValueError, match=why):
             parse_sizes(bad)
 
 
@@ -29,7 +30,7 @@ def test_draws_are_subsets_without_replacement_and_seeded() -> None:
     assert not np.array_equal(chunks, draw_chunks(50, 7, 30, seed=4))
     # a prefix of the repeats is the same chunks: metrics with fewer repeats use the same first chunks
     np.testing.assert_array_equal(draw_chunks(50, 7, 10, seed=3), chunks[:10])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="outside"):
         draw_chunks(5, 6, 1, seed=0)
 
 

@@ -38,7 +38,7 @@ def test_growth_fit_recovers_a_hinge() -> None:
     # proportional growth n = W / w*: slope 1 / w*, critical width w*
     fit = fit_clone_growth(widths[2:], widths[2:] / 64.0)
     assert fit.slope == pytest.approx(1 / 64, rel=1e-6) and fit.critical_width == pytest.approx(64.0, abs=0.3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="two distinct widths"):
         fit_clone_growth(np.array([64.0, 64.0]), np.array([1.0, 2.0]))
 
 

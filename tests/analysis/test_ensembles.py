@@ -28,9 +28,9 @@ def softmax_row(z: list[float]) -> list[float]:
 
 
 def metrics_by_hand(probs: list[list[float]], labels: list[int]) -> dict[str, float]:
-    hits = [max(range(len(p)), key=lambda c: (p[c], -c)) == y for p, y in zip(probs, labels)]
+    hits = [max(range(len(p)), key=lambda c: (p[c], -c)) == y for p, y in zip(probs, labels, strict=True)]
     accuracy = sum(hits) / len(hits)
-    ce = -sum(math.log(p[y]) for p, y in zip(probs, labels)) / len(labels)
+    ce = -sum(math.log(p[y]) for p, y in zip(probs, labels, strict=True)) / len(labels)
     return {"accuracy": accuracy, "error": 1 - accuracy, "cross_entropy": ce}
 
 
@@ -97,13 +97,15 @@ def test_ensemble_curve_scores_the_same_subsets_on_each_split() -> None:
     pool = {"train": LOGITS, "test": LOGITS[:, ::-1]}
     labels = {"train": LABELS, "test": LABELS[::-1]}  # the same samples reversed: identical metrics
     curve = ens.ensemble_curve(pool, labels, [1, 2, 3], repeats=10, rng=np.random.default_rng(0), combine="probs")
-    assert [(m.members, m.repeat) for m in curve if m.split == "test"] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0)]
+    want = [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0)]
+    assert [(m.members, m.repeat) for m in curve if m.split == "test"] == want
     by_key = {(m.members, m.repeat, m.split): m.values for m in curve}
-    for (members, repeat, split), values in by_key.items():
+    for (members, repeat, _split), values in by_key.items():
         assert values == pytest.approx(by_key[(members, repeat, "train")])
     subsets = list(itertools.combinations(range(3), 2))
     for repeat, subset in enumerate(subsets):
-        assert by_key[(2, repeat, "train")] == pytest.approx(metrics_by_hand(ensemble_by_hand(list(subset), "probs"), list(LABELS)))
+        want = metrics_by_hand(ensemble_by_hand(list(subset), "probs"), list(LABELS))
+        assert by_key[(2, repeat, "train")] == pytest.approx(want)
 
 
 def test_random_partition_is_disjoint() -> None:
@@ -136,7 +138,8 @@ def test_chunk_ensemble_matches_combining_chunk_logits(combine: str) -> None:
         want = ens.classification_metrics(ens.combine_members(logits[:count], combine), labels)
         assert got[count] == pytest.approx(want, rel=1e-9)
     if combine == "logits":  # all chunks summed: the whole layer read out, with the bias counted once per chunk
-        full = ens.classification_metrics(ens.log_softmax(x.astype(np.float64) @ a.T.astype(np.float64) + 6 * b.astype(np.float64)), labels)
+        x64, a64, b64 = x.astype(np.float64), a.astype(np.float64), b.astype(np.float64)
+        full = ens.classification_metrics(ens.log_softmax(x64 @ a64.T + 6 * b64), labels)
         assert got[6] == pytest.approx(full, rel=1e-9)
 
 

@@ -154,7 +154,7 @@ def test_chunks_match_pairwise_imbalances(repeats: int) -> None:
     chunks = [rng.choice(12, size, replace=False) for size in (1, 3, 12)] * repeats
     got = chunk_information_imbalances(x, chunks, k=3, block_rows=16)
     assert got.shape == (len(chunks), 2)
-    for (to_full, from_full), chunk in zip(got, chunks):
+    for (to_full, from_full), chunk in zip(got, chunks, strict=True):
         assert to_full == pytest.approx(_ref_imbalance(x[:, chunk], x, 3), abs=1e-12)
         assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], 3), abs=1e-12)
 
@@ -168,7 +168,7 @@ def test_repeated_and_full_width_chunks(k: int) -> None:
     everything, pair = np.arange(6), np.array([1, 4])
     chunks = [everything, pair, everything[::-1].copy(), pair, everything, np.array([2])]
     got = chunk_information_imbalances(x, chunks, k=k, block_rows=13)
-    for (to_full, from_full), chunk in zip(got, chunks):
+    for (to_full, from_full), chunk in zip(got, chunks, strict=True):
         assert to_full == pytest.approx(_ref_imbalance(x[:, chunk], x, k), abs=1e-12)
         assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], k), abs=1e-12)
     np.testing.assert_array_equal(got[0], got[4])
@@ -246,7 +246,7 @@ def test_two_far_clusters_defeat_float32_and_float64_keys() -> None:
     _check_against_reference(x, 3, rng)
     chunks = [np.array([0]), np.array([1]), np.array([0, 1])]
     got = chunk_information_imbalances(x, chunks, k=2, block_rows=16)
-    for (to_full, from_full), chunk in zip(got, chunks):
+    for (to_full, from_full), chunk in zip(got, chunks, strict=True):
         assert to_full == pytest.approx(_ref_imbalance(x[:, chunk], x, 2), abs=1e-12)
         assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], 2), abs=1e-12)
 
@@ -273,7 +273,7 @@ def test_slabs_and_float64_fallback(monkeypatch: pytest.MonkeyPatch, slab: int, 
     _check_against_reference(x, 2, rng, block_rows=7)
     chunks = [rng.choice(12, size, replace=False) for size in (1, 3, 12)]
     got = chunk_information_imbalances(x, chunks, k=2, block_rows=9)
-    for (to_full, from_full), chunk in zip(got, chunks):
+    for (to_full, from_full), chunk in zip(got, chunks, strict=True):
         assert to_full == pytest.approx(_ref_imbalance(x[:, chunk], x, 2), abs=1e-12)
         assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], 2), abs=1e-12)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import read_head, read_info, read_split, iter_feature_blocks
+from mitosis_cli.io.activations import iter_feature_blocks, read_head, read_info, read_split
 
 
 def test_round_trip(acts_factory) -> None:
@@ -24,6 +24,11 @@ def test_round_trip(acts_factory) -> None:
     assert not list(path.parent.glob(".*.tmp")), "temporary file left behind"
 
 
+def _replace(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    del group[name]
+    group.create_dataset(name, data=data)
+
+
 @pytest.mark.parametrize(
     "corrupt, message",
     [
@@ -31,7 +36,7 @@ def test_round_trip(acts_factory) -> None:
         (lambda f: f.attrs.__setitem__("format_version", 99), "format_version"),
         (lambda f: f.__delitem__("head/bias"), "missing dataset /head/bias"),
         (lambda f: f.__delitem__("test/labels"), "missing dataset /test/labels"),
-        (lambda f: f["train"].__delitem__("features") or f["train"].create_dataset("features", data=np.zeros((5, 32), np.float32)), "has shape"),
+        (lambda f: _replace(f["train"], "features", np.zeros((5, 32), np.float32)), "has shape"),
     ],
 )
 def test_bad_layout_is_refused(acts_factory, corrupt, message: str) -> None:

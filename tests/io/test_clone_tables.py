@@ -20,9 +20,10 @@ from mitosis_cli.io.tables import provenance, write_table
 
 
 def _clone_cols(n: int = 2) -> dict:
-    return {"source": ["a.h5"] * n, "arch": ["mlp"] * n, "dataset": ["d"] * n, "width": [64] * n, "seed": [0] * n, "epoch": [100] * n,
-            "split": ["test"] * n, "metric": ["reconstruction_r2", "ii_chunk_to_full"][:n], "chunk_size": [8] * n,
-            "repeat": list(range(n)), "value": [0.5, float("nan")][:n], "n_points": [None, 100][:n], "k": [None, 1][:n]}
+    return {"source": ["a.h5"] * n, "arch": ["mlp"] * n, "dataset": ["d"] * n, "width": [64] * n, "seed": [0] * n,
+            "epoch": [100] * n, "split": ["test"] * n, "metric": ["reconstruction_r2", "ii_chunk_to_full"][:n],
+            "chunk_size": [8] * n, "repeat": list(range(n)), "value": [0.5, float("nan")][:n], "n_points": [None, 100][:n],
+            "k": [None, 1][:n]}
 
 
 def _summary_cols() -> dict:

@@ -52,7 +52,8 @@ def toy_members(tmp_path: Path, count: int = 3, n: int = 6, classes: int = 3, wi
                 splits: tuple[str, ...] = ("train", "test"), prefix: str = "m") -> list[Path]:
     rng = np.random.default_rng(0)
     labels = {s: rng.integers(0, classes, n) for s in splits}
-    return [write_member(tmp_path / f"{prefix}{seed}.h5", {s: rng.standard_normal((n, classes)) for s in splits}, labels, seed, width)
+    return [write_member(tmp_path / f"{prefix}{seed}.h5", {s: rng.standard_normal((n, classes)) for s in splits},
+                         labels, seed, width)
             for seed in range(count)]
 
 
@@ -140,7 +141,8 @@ def test_round_trip_with_provenance(tmp_path: Path) -> None:
     out = write_ensemble_table(tmp_path / "ensemble.parquet", _rows(), meta)
     table, got = read_ensemble_table(out)
     assert table.column_names == list(COLUMNS) and table.num_rows == 7
-    assert [str(table.schema.field(c).type) for c in COLUMNS] == ["string", "int64", "int64", "int64", "string", "string", "double"]
+    types = ["string", "int64", "int64", "int64", "string", "string", "double"]
+    assert [str(table.schema.field(c).type) for c in COLUMNS] == types
     assert table.slice(3, 1).to_pylist() == [{"kind": "error-inf", "width": 512, "members": 4, "repeat": 0, "split": "test",
                                              "metric": "error", "value": 0.125}]
     assert got["kind"] == "ensemble" and got["options"] == {"repeats": 3} and len(got["inputs"]) == 2

@@ -12,7 +12,7 @@ from mitosis_cli.training.config import TrainConfig
 from mitosis_cli.training.loop import StopFlag, train_run
 from mitosis_cli.training.schedule import learning_rate
 
-SMALL = dict(dataset="mnist5k", train_size=256, width=32, batch_size=32, lr=0.05, weight_decay=5e-4)
+SMALL = {"dataset": "mnist5k", "train_size": 256, "width": 32, "batch_size": 32, "lr": 0.05, "weight_decay": 5e-4}
 
 
 class StopAfter(StopFlag):
