@@ -161,7 +161,7 @@ def _command_line(x: np.ndarray, repeats: int) -> str:
 
 
 def _write_acts(path: Path, x: np.ndarray) -> None:
-    from mitosis_cli.io.activations import ActivationMeta, write_activations
+    from mitosis_cli.io.activations import ActivationHeader, write_activations
 
     n, width = x.shape
     rng = np.random.default_rng(1)
@@ -169,7 +169,7 @@ def _write_acts(path: Path, x: np.ndarray) -> None:
     bias = np.zeros(10, np.float32)
     logits = x @ weight.T
     labels = logits.argmax(1).astype(np.int64)
-    meta = ActivationMeta(width=width, num_classes=10, dataset="bench", arch="bench", seed=0, epoch=0, layer="bench")
+    meta = ActivationHeader(width=width, num_classes=10, dataset="bench", arch="bench", seed=0, epoch=0, layer="bench")
     write_activations(path, meta, weight, bias, {"test": (n, iter([(x, logits, labels)]))})
 
 

@@ -34,7 +34,8 @@ from torchvision import transforms
 
 from mitosis_cli.data import load_dataset
 from mitosis_cli.data.builtin import mnist5k
-from mitosis_cli.models import ModelSpec, build_model
+from mitosis_cli.models.registry import build_model
+from mitosis_cli.models.spec import ModelSpec
 from mitosis_cli.training.config import TrainConfig
 from mitosis_cli.training.loop import train_run
 

@@ -10,7 +10,7 @@ _mitosis() {
     COMPREPLY=()
     if [[ -z $sub ]]; then
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W '--debug --help --install-completion --show-completion --version -h' -- "$cur"))
+            COMPREPLY=($(compgen -W '--debug --help --version -h' -- "$cur"))
         else
             COMPREPLY=($(compgen -W 'clones demo ensemble extract merge report sweep train' -- "$cur"))
         fi
@@ -31,9 +31,9 @@ _mitosis() {
             positional=none
             ;;
         ensemble)
-            options='--chunk-size --combine --force --help --json --out --params-per-width --quiet --repeats --seed --sizes -h -o -q'
+            options='--chunk-size --combine --force --help --json --members --out --params-per-width --quiet --repeats --seed -h -o -q'
             path_options=' --out -o '
-            value_options=' --chunk-size --combine --params-per-width --repeats --seed --sizes '
+            value_options=' --chunk-size --combine --members --params-per-width --repeats --seed '
             positional=files
             ;;
         extract)
@@ -43,7 +43,7 @@ _mitosis() {
             positional=files
             ;;
         merge)
-            options='--help --json --out --quiet -h -o -q'
+            options='--force --help --json --out --quiet -h -o -q'
             path_options=' --out -o '
             value_options='  '
             positional=files

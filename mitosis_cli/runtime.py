@@ -1,9 +1,13 @@
-"""Where the work runs: the torch device and the number of CPU threads (torch is imported only when asked)."""
+"""Where and how the work runs: the torch device, CPU threads, memory returned to the system, and stopping
+cleanly on SIGTERM/SIGINT (torch is imported only when asked)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING
+import signal
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from mitosis_cli.errors import InputError
 
@@ -63,3 +67,22 @@ def return_freed_memory_to_os() -> None:
         libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT while training, so the loop can save a checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        def handler(signum: int, _frame: Any) -> None:
+            self.signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)

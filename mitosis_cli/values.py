@@ -14,27 +14,28 @@ from mitosis_cli.errors import InputError
 INT_LIST_EXAMPLES = "e.g. 16,64,256 or 0-3 or 8-256:x2"
 
 
-def _item(text: str, where: str) -> list[int]:
+def _item(text: str) -> list[int]:
+    """One item of an integer list (ValueError when it is not in the grammar)."""
     start, dash, rest = text.partition("-")
     if not dash or not start:  # a single (possibly negative) integer
         return [int(text)]
     stop, colon, step = rest.partition(":")
     a, b = int(start), int(stop)
     if b < a:
-        raise InputError(f"{where}: range {text!r} runs backwards")
+        raise ValueError(f"the range {text} runs backwards")
     if not colon:
         return list(range(a, b + 1))
     if step.startswith("x"):
         factor = int(step[1:])
         if factor < 2 or a < 1:
-            raise InputError(f"{where}: {text!r}: a doubling range needs a start >= 1 and a factor >= 2, e.g. 8-256:x2")
+            raise ValueError(f"{text}: a doubling range needs a start >= 1 and a factor >= 2, e.g. 8-256:x2")
         values = []
         while a <= b:
             values.append(a)
             a *= factor
         return values
     if int(step) < 1:
-        raise InputError(f"{where}: {text!r}: the step must be at least 1")
+        raise ValueError(f"{text}: the step must be at least 1")
     return list(range(a, b + 1, int(step)))
 
 
@@ -60,9 +61,10 @@ def parse_int_list(text: str, where: str, minimum: int | None = 0) -> tuple[int,
         if not item:
             continue
         try:
-            values.update(_item(item, where))
-        except ValueError:
-            raise InputError(f"{where} {text!r}: expected integers or ranges, {INT_LIST_EXAMPLES}") from None
+            values.update(_item(item))
+        except ValueError as err:
+            reason = str(err) if str(err).startswith(("the range", item)) else f"expected integers or ranges, {INT_LIST_EXAMPLES}"
+            raise InputError(f"{where} {text!r}: {reason}") from None
     if not values:
         raise InputError(f"{where} {text!r}: no values ({INT_LIST_EXAMPLES})")
     if minimum is not None and min(values) < minimum:

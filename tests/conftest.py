@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mitosis_cli.io.activations import ActivationMeta, write_activations
+from mitosis_cli.io.activations import ActivationHeader, write_activations
 
 torch.set_num_threads(1)
 
@@ -40,7 +40,7 @@ def write_planted_acts(path: Path, n: int = 400, width: int = 64, clone_size: in
         labels = np.argmax(signal @ readout.T, axis=1).astype(np.int64)
         logits = (feats @ weight.T + bias).astype(np.float32)
         streams[split] = (n, iter([(feats, logits, labels)]))
-    meta = ActivationMeta(width=width, num_classes=classes, dataset="planted", arch=arch, seed=seed, epoch=0,
+    meta = ActivationHeader(width=width, num_classes=classes, dataset="planted", arch=arch, seed=seed, epoch=0,
                           layer="planted", config={"clone_size": clone_size, "noise": noise})
     return write_activations(path, meta, weight, bias, streams)
 

@@ -34,13 +34,18 @@ def _generator():
 
 
 def _options() -> dict[str, set[str]]:
-    """Every option name of the root ('') and of each sub-command, with -h/--help, from the Click objects."""
+    """Every option name of the root ('') and of each sub-command, with -h/--help, from the Click objects.
+
+    Hidden options (deprecated old names, e.g. ensemble's --sizes) are left out of help, man pages and
+    completion on purpose.
+    """
     root = typer.main.get_command(app)
     root_ctx = root.make_context("mitosis", [], resilient_parsing=True)
     names = {"": {n for p in root.get_params(root_ctx) for n in (*p.opts, *p.secondary_opts) if n.startswith("-")}}
     for name, command in root.commands.items():
         ctx = command.make_context(name, [], parent=root_ctx, resilient_parsing=True)
-        names[name] = {n for p in command.get_params(ctx) if p.param_type_name == "option" for n in (*p.opts, *p.secondary_opts)}
+        names[name] = {n for p in command.get_params(ctx) if p.param_type_name == "option" and not p.hidden
+                       for n in (*p.opts, *p.secondary_opts)}
     return names
 
 
@@ -71,7 +76,8 @@ def test_generation_does_not_depend_on_the_process() -> None:
 def _man_text(page: Path) -> str:
     """The page as a reader sees it (ASCII hyphens, no bold/underline), via groff, else the roff source unescaped."""
     if shutil.which("groff"):
-        return subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", str(page)], capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", str(page)],
+                              capture_output=True, text=True, check=True).stdout
     return page.read_text().replace("\\-", "-").replace("\\fB", "").replace("\\fR", "").replace("\\fI", "")
 
 
@@ -141,7 +147,8 @@ def test_fish_offers_every_option() -> None:
 @pytest.mark.skipif(not shutil.which("zsh"), reason="zsh not installed")
 def test_zsh_script_loads_and_names_every_option() -> None:
     path = REPO / "completions" / "_mitosis"
-    loaded = subprocess.run(["zsh", "-fc", f"autoload -U compinit && compinit -u -D; source {path}; print -r -- $_comps[mitosis]"],
+    loaded = subprocess.run(["zsh", "-fc",
+                             f"autoload -U compinit && compinit -u -D; source {path}; print -r -- $_comps[mitosis]"],
                             capture_output=True, text=True)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "_mitosis", loaded.stderr
     text = path.read_text()

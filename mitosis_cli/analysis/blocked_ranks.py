@@ -111,10 +111,7 @@ class _Space:
         a, d, u = self._a, self.d, _unit_roundoff(self.dtype)
         b = float(a.max()) if self.n else 0.0
         n_slabs = -(-d // slab)
-        if n_slabs > 1:
-            g = _gamma(slab + 1, u) + _gamma(n_slabs, u) * (1 + _gamma(slab + 1, u))
-        else:
-            g = _gamma(d + 2, u)
+        g = _gamma(slab + 1, u) + _gamma(n_slabs, u) * (1 + _gamma(slab + 1, u)) if n_slabs > 1 else _gamma(d + 2, u)
         delta = 0.0 if self.exact else u + 2 * _U64
         dp = delta / (1 - delta)
         c1 = g * (1 + 2 * u)
@@ -132,11 +129,11 @@ class _Space:
         if self.exact:
             rows = self.x[start:stop]
             return rows if self.cols is None else rows.index_select(1, self.cols)
-        rows = self._raw(start, stop)
+        rows = self._raw(start, stop)  # for float64 input without columns: a view of the caller's array
         if self.centre:
-            rows -= self.mu
+            rows = rows - self.mu  # out of place: the points themselves (and the exact D) must stay as given
         if self.scale != 1.0:
-            rows *= self.scale
+            rows = rows * self.scale
         return rows.to(self.dtype)
 
     def get(self, start: int, stop: int) -> torch.Tensor:
@@ -406,7 +403,8 @@ class _Pass:
         return ranks
 
     def _resolve(
-        self, space: _Space, blk: torch.Tensor, start: int, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, j: torch.Tensor
+        self, space: _Space, blk: torch.Tensor, start: int, rows: torch.Tensor,
+        lo: torch.Tensor, hi: torch.Tensor, j: torch.Tensor,
     ) -> torch.Tensor:
         """For each item p: #{m in the band [lo_p, hi_p) of row rows[p], m != j_p : D(i, m) < D(i, j_p)}."""
         n = blk.shape[1]

@@ -91,11 +91,11 @@ def _claim_linear(above: dict[int, float], crit: float | None) -> Claim:
     resid = n - (slope * w + intercept)
     r2 = 1.0 - float(resid @ resid) / float(((n - n.mean()) ** 2).sum())
     growth = (n[-1] / n[0]) / (w[-1] / w[0])  # 1 when the count is proportional to the width
-    text = ", ".join(f"W={int(a)}: {b:.1f}" for a, b in zip(w, n))
+    text = ", ".join(f"W={int(a)}: {b:.1f}" for a, b in zip(w, n, strict=True))
     return Claim("b", statement, bool(slope > 0 and r2 >= 0.95 and growth >= 0.5),
                  f"clones {text}; slope {slope * 100:.2f} per 100 neurons, line R^2 {r2:.3f}, "
                  f"count grows {growth:.2f}x as fast as the width",
-                 {"n_clones": dict(zip(map(int, w), n.tolist())), "slope": float(slope), "line_r2": r2,
+                 {"n_clones": dict(zip(map(int, w), n.tolist(), strict=True)), "slope": float(slope), "line_r2": r2,
                   "growth_ratio": growth})
 
 

@@ -11,11 +11,11 @@ import errno
 import os
 import sys
 import traceback
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from typer.exceptions import TyperException
 from rich.markup import escape
+from typer.exceptions import TyperException
 
 from mitosis_cli import __version__
 from mitosis_cli.cli import clones, demo, ensemble, extract, report, sweep, train
@@ -26,6 +26,7 @@ app = typer.Typer(
     name="mitosis",
     help="Train wide networks, extract their last hidden layer and measure how it splits into clones.",
     no_args_is_help=True,
+    add_completion=False,  # the completion scripts are generated files (completions/, docs/shell.md)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -42,7 +43,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (also MITOSIS_DEBUG=1).")] = False,
 ) -> None:

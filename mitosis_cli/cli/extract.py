@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,12 +17,12 @@ from mitosis_cli.values import parse_shard
 
 def extract(
     source: Annotated[Path, typer.Argument(help="Run directory (its last checkpoint) or a checkpoint file.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HDF5 file to write (default: SOURCE/acts.h5).")] = None,
-    epoch: Annotated[Optional[int], typer.Option("--epoch", help="Use the weights saved at this epoch (train --save-epochs).")] = None,
-    split: Annotated[Optional[list[str]], typer.Option("--split", help="train and/or test (repeat the option; default both).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="HDF5 file to write (default: SOURCE/acts.h5).")] = None,
+    epoch: Annotated[int | None, typer.Option("--epoch", help="Use the weights saved at this epoch (train --save-epochs).")] = None,
+    split: Annotated[list[str] | None, typer.Option("--split", help="train and/or test (repeat the option; default both).")] = None,
     untrained: Annotated[bool, typer.Option("--untrained", help="Control: same architecture at its seeded random initialisation.")] = False,
     noise_inputs: Annotated[bool, typer.Option("--noise-inputs", help="Control: standard Gaussian noise as inputs (labels kept).")] = False,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="Write only part K of N (0-based, e.g. 3/8) of each split; join the parts with `mitosis merge`.")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Write only part K of N (0-based, e.g. 3/8) of each split; join the parts with `mitosis merge`.")] = None,
     force: options.Force = False,
     data_dir: options.DataDir = None,
     device: options.Device = "auto",

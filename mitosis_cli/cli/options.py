@@ -4,7 +4,7 @@ their values (one per kind of value: `mitosis_cli.values`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,12 +15,12 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No messages or progr
 Force = Annotated[bool, typer.Option("--force", help="Redo the work even if the output exists; replace an output made "
                                                      "from other inputs or options.")]
 Threads = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--threads", min=1, help="CPU threads for torch (default: the usable CPUs, at most 8)."),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto picks cuda when available).")]
 DataDir = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--data-dir", help="Folder in torchvision's layout for real data sets (default: $MITOSIS_DATA_DIR)."),
 ]
 

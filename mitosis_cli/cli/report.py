@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from mitosis_cli.cli import options
-from mitosis_cli.cli.console import emit_json, say
+from mitosis_cli.cli.console import emit_json, progress, say
+
+if TYPE_CHECKING:
+    from mitosis_cli.stages.report import ReportSettings
+
+
+def report_settings(params: Mapping[str, Any]) -> ReportSettings:
+    """The stage settings of the parsed options of `mitosis report` (the sweep parses its options so too)."""
+    from mitosis_cli.stages.report import ReportSettings
+
+    return ReportSettings(tables=tuple(params["tables"] or ()), out=params["out"], title=params["title"], force=params["force"])
 
 
 def report(
-    tables: Annotated[list[Path], typer.Argument(help="Parquet tables (clones, clones-summary, ensemble, history) or folders holding them.", show_default=False)],
+    tables: Annotated[list[Path] | None, typer.Argument(help="Parquet tables (clones, clones-summary, ensemble, history) or folders holding them.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write (index.html, summary.md, figures/).")] = Path("report"),
     title: Annotated[str, typer.Option("--title", help="Title of the report.")] = "Representation mitosis report",
     force: options.Force = False,
@@ -24,10 +35,10 @@ def report(
 
     Example: mitosis report clones.parquet clones-summary.parquet ensemble.parquet runs/*/history.parquet -o report/
     """
-    from mitosis_cli.report.build import build_report  # matplotlib is heavy: load it only for this command
+    from mitosis_cli.stages.report import run_report
 
-    result = build_report(tables, out, title=title, force=force,
-                          on_figure=lambda name: say(f"  figure {name}", quiet))
+    with progress(quiet) as on_step:
+        result = run_report(report_settings(locals()), on_step)
     for note in result.notes:
         say(f"note: {note}", quiet)
     if result.skipped:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from mitosis_cli.cli import options
 from mitosis_cli.cli.console import emit_json, progress, say
-from mitosis_cli.runtime import pick_device, set_threads
+from mitosis_cli.runtime import StopFlag, pick_device, set_threads
 from mitosis_cli.stages.train import TrainSettings
 from mitosis_cli.training.config import TrainConfig
 from mitosis_cli.values import parse_int_list
@@ -33,26 +33,26 @@ def train(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="mnist5k (built-in), synthetic[:opts], mnist, fashion-mnist, kmnist, cifar10, cifar100.")] = "mnist5k",
     data_dir: options.DataDir = None,
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing real data set.")] = False,
-    train_size: Annotated[Optional[int], typer.Option("--train-size", help="Use only the first N training samples.")] = None,
+    train_size: Annotated[int | None, typer.Option("--train-size", help="Use only the first N training samples.")] = None,
     arch: Annotated[str, typer.Option("--arch", "-a", help="mlp, wrn (Wide-ResNet) or densenet (DenseNet-BC).")] = "mlp",
     width: Annotated[int, typer.Option("--width", "-w", help="Width W of the last hidden layer (wrn: W = 64k; densenet-40: W = 11g).")] = 256,
-    depth: Annotated[Optional[int], typer.Option("--depth", help="Hidden layers (mlp, default 2) or network depth (wrn 28, densenet 40).")] = None,
-    ending: Annotated[Optional[str], typer.Option("--ending", help="Last hidden layer ends with relu or batchnorm (no ReLU); default relu for mlp, batchnorm for wrn/densenet.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs of the schedule (default 100; CIFAR 200).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Mini-batch size (default 128).")] = None,
+    depth: Annotated[int | None, typer.Option("--depth", help="Hidden layers (mlp, default 2) or network depth (wrn 28, densenet 40).")] = None,
+    ending: Annotated[str | None, typer.Option("--ending", help="Last hidden layer ends with relu or batchnorm (no ReLU); default relu for mlp, batchnorm for wrn/densenet.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs of the schedule (default 100; CIFAR 200).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Mini-batch size (default 128).")] = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (with momentum) or adam.")] = "sgd",
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default 0.05; CIFAR 0.1).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default 0.05; CIFAR 0.1).")] = None,
     momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay (default 5e-3; CIFAR 5e-4).")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Weight decay (default 5e-3; CIFAR 5e-4).")] = None,
     schedule: Annotated[str, typer.Option("--schedule", help="cosine (to --lr-min) or constant.")] = "cosine",
-    lr_min: Annotated[Optional[float], typer.Option("--lr-min", help="Floor of the cosine schedule (default 0; CIFAR 1e-5).")] = None,
+    lr_min: Annotated[float | None, typer.Option("--lr-min", help="Floor of the cosine schedule (default 0; CIFAR 1e-5).")] = None,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy.")] = 0.0,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crop (4 px reflect) + flip; default on for CIFAR.")] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Random crop (4 px reflect) + flip; default on for CIFAR.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, shuffling and augmentation.")] = 0,
     until_zero_error: Annotated[bool, typer.Option("--until-zero-error", help="After the schedule, keep training (constant lr: 10% of --lr, or --lr-min if higher) until the training error (eval mode) is 0, up to --max-epochs.")] = False,
-    max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", help="Cap for --until-zero-error (default 2 x epochs).")] = None,
-    save_epochs: Annotated[Optional[str], typer.Option("--save-epochs", help="Also keep the weights at these epochs, e.g. 0,10,50 or 0-100:10 (0 = initialisation).")] = None,
-    acts: Annotated[Optional[Path], typer.Option("--acts", help="Extract activations to this HDF5 file at the end.")] = None,
+    max_epochs: Annotated[int | None, typer.Option("--max-epochs", help="Cap for --until-zero-error (default 2 x epochs).")] = None,
+    save_epochs: Annotated[str | None, typer.Option("--save-epochs", help="Also keep the weights at these epochs, e.g. 0,10,50 or 0-100:10 (0 = initialisation).")] = None,
+    acts: Annotated[Path | None, typer.Option("--acts", help="Extract activations to this HDF5 file at the end.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     force: options.Force = False,
     device: options.Device = "auto",
@@ -65,7 +65,6 @@ def train(
     Example: mitosis train --width 512 --seed 1 -o runs/w512-s1 --acts runs/w512-s1/acts.h5
     """
     from mitosis_cli.stages.train import run_train
-    from mitosis_cli.training.loop import StopFlag
 
     settings = train_settings(locals())
     set_threads(threads)

@@ -12,19 +12,18 @@ Layout (format "mitosis-activations", version 1)::
     /<split>/labels    int64   (N,)
 
 `<split>` is ``train`` and/or ``test``. `ActivationHeader` is the one description of the root
-attributes (`to_attrs` / `from_attrs`); `ActivationFile` is the one way to read a file, and
-`Activations` holds the same content in memory (for arrays that never were a file). Both offer the
-same readers (`head`, `labels`, `logits`, `features`, `iter_blocks`), so a stage measures either.
+attributes (`to_attrs` / `from_attrs`); `ActivationFile` is the one way to read a file (every HDF5
+access of mitosis is here), and `activation_arrays.Activations` holds the same content in memory.
+Both offer the same readers (`ActivationSource`), so a stage measures either.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,17 +167,17 @@ class ActivationSource(Protocol):
 # Checks shared by files and arrays
 
 
-def _check_split(source: ActivationSource, split: str) -> None:
+def check_split(source: ActivationSource, split: str) -> None:
     if split not in source.header.splits:
         raise InputError(f"{source.name}: has no split {split!r} (found: {', '.join(source.header.splits)})")
 
 
-def _check_finite(name: str, key: str, block: np.ndarray) -> None:
+def check_finite(name: str, key: str, block: np.ndarray) -> None:
     if not np.isfinite(block).all():
         raise InputError(f"{name}: /{key} holds NaN or Inf values")
 
 
-def _check_labels(name: str, split: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
+def check_labels(name: str, split: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise InputError(f"{name}: /{split}/labels outside [0, {num_classes})")
     return labels.astype(np.int64, copy=False)
@@ -271,23 +270,23 @@ class ActivationFile:
         """The head weight (C, W) and bias (C,), float32 and finite."""
         with _opened(self.path) as (h5, _):
             weight, bias = h5["head/weight"][...], h5["head/bias"][...]
-        _check_finite(self.name, "head/weight", weight)
-        _check_finite(self.name, "head/bias", bias)
+        check_finite(self.name, "head/weight", weight)
+        check_finite(self.name, "head/bias", bias)
         return weight.astype(np.float32), bias.astype(np.float32)
 
     def labels(self, split: str) -> np.ndarray:
         """Labels (N,) int64, checked to lie in [0, C)."""
-        _check_split(self, split)
+        check_split(self, split)
         with _opened(self.path) as (h5, _):
             labels = h5[f"{split}/labels"][...]
-        return _check_labels(self.name, split, labels, self.header.num_classes)
+        return check_labels(self.name, split, labels, self.header.num_classes)
 
     def logits(self, split: str) -> np.ndarray:
         """Logits (N, C) float32, finite."""
-        _check_split(self, split)
+        check_split(self, split)
         with _opened(self.path) as (h5, _):
             logits = h5[f"{split}/logits"][...].astype(np.float32, copy=False)
-        _check_finite(self.name, f"{split}/logits", logits)
+        check_finite(self.name, f"{split}/logits", logits)
         return logits
 
     def features(self, split: str) -> np.ndarray:
@@ -296,112 +295,17 @@ class ActivationFile:
 
     def iter_blocks(self, split: str, rows: int = 4096) -> Iterator[np.ndarray]:
         """(rows, W) float32 feature blocks in order, each checked to be finite."""
-        _check_split(self, split)
+        check_split(self, split)
         with _opened(self.path) as (h5, _):
             ds = h5[f"{split}/features"]
             for start in range(0, ds.shape[0], rows):
                 block = ds[start : start + rows].astype(np.float32, copy=False)
-                _check_finite(self.name, f"{split}/features", block)
+                check_finite(self.name, f"{split}/features", block)
                 yield block
 
     def split(self, split: str) -> SplitArrays:
         """One split in memory, validated."""
         return SplitArrays(self.features(split), self.logits(split), self.labels(split))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Arrays
-
-
-@dataclass(frozen=True)
-class Activations:
-    """Activations held in memory: a header, the head, and the splits' arrays.
-
-    Build them from your own arrays with `Activations.from_arrays`, or load a file with `read_activations`.
-    """
-
-    header: ActivationHeader
-    head_weight: np.ndarray
-    head_bias: np.ndarray
-    splits: Mapping[str, SplitArrays]
-    name: str = "arrays"
-
-    @classmethod
-    def from_arrays(
-        cls, head_weight: np.ndarray, head_bias: np.ndarray, *, train: tuple[np.ndarray, np.ndarray] | None = None,
-        test: tuple[np.ndarray, np.ndarray] | None = None, name: str = "arrays", **header: Any,
-    ) -> Activations:
-        """Activations from (features, labels) pairs per split and the head that reads the layer.
-
-        Parameters
-        ----------
-        head_weight, head_bias : array (C, W), array (C,)
-            The trained last linear layer.
-        train, test : (features (N, W), labels (N,)), optional
-            At least one split; logits are computed as features @ head_weight.T + head_bias.
-        name : str
-            How tables and messages name these activations (a file's name is its path).
-        **header
-            Further `ActivationHeader` fields: dataset, arch, seed, epoch, layer, config.
-
-        Raises
-        ------
-        InputError
-            Shapes that do not fit together, non-finite values, or labels outside [0, C).
-        """
-        weight = np.asarray(head_weight, dtype=np.float32)
-        bias = np.asarray(head_bias, dtype=np.float32)
-        if weight.ndim != 2 or bias.shape != (weight.shape[0],):
-            raise InputError(f"{name}: head weight (C, W) and bias (C,) expected, got {weight.shape} and {bias.shape}")
-        classes, width = weight.shape
-        _check_finite(name, "head/weight", weight)
-        _check_finite(name, "head/bias", bias)
-        arrays: dict[str, SplitArrays] = {}
-        for split, pair in (("train", train), ("test", test)):
-            if pair is None:
-                continue
-            features = np.asarray(pair[0], dtype=np.float32)
-            labels = np.asarray(pair[1])
-            if features.ndim != 2 or features.shape[1] != width or labels.shape != (features.shape[0],):
-                raise InputError(f"{name}: {split} features (N, {width}) and labels (N,) expected, "
-                                 f"got {features.shape} and {labels.shape}")
-            if features.shape[0] < 2:
-                raise InputError(f"{name}: split {split!r} has {features.shape[0]} rows; at least 2 are needed")
-            _check_finite(name, f"{split}/features", features)
-            labels = _check_labels(name, split, labels, classes)
-            arrays[split] = SplitArrays(features, features @ weight.T + bias, labels)
-        if not arrays:
-            raise InputError(f"{name}: give at least one split (train= or test=)")
-        meta = ActivationHeader(width=width, num_classes=classes, splits={s: len(a.labels) for s, a in arrays.items()},
-                                **header)
-        return cls(meta, weight, bias, arrays, name)
-
-    def head(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.head_weight, self.head_bias
-
-    def labels(self, split: str) -> np.ndarray:
-        _check_split(self, split)
-        return self.splits[split].labels
-
-    def logits(self, split: str) -> np.ndarray:
-        _check_split(self, split)
-        return self.splits[split].logits
-
-    def features(self, split: str) -> np.ndarray:
-        _check_split(self, split)
-        return self.splits[split].features
-
-    def iter_blocks(self, split: str, rows: int = 4096) -> Iterator[np.ndarray]:
-        features = self.features(split)
-        for start in range(0, len(features), rows):
-            yield features[start : start + rows]
-
-
-def read_activations(path: str | os.PathLike[str]) -> Activations:
-    """Load a whole activation file into memory (validated), e.g. for a notebook."""
-    file = ActivationFile(path)
-    weight, bias = file.head()
-    return Activations(file.header, weight, bias, {split: file.split(split) for split in file.header.splits}, file.name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -470,82 +374,3 @@ def write_activations(
             if start != n_rows:
                 raise ValueError(f"split {name!r}: wrote {start} rows, declared {n_rows}")
     return path
-
-
-def save_activations(acts: Activations, path: str | os.PathLike[str]) -> Path:
-    """Write in-memory activations to an activation file (atomically)."""
-    streams = {split: (len(a.labels), iter([(a.features, a.logits, a.labels)])) for split, a in acts.splits.items()}
-    return write_activations(path, acts.header, acts.head_weight, acts.head_bias, streams)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Shards
-
-
-def shard_range(n_rows: int, shard: int, shards: int) -> tuple[int, int]:
-    """Rows [start, stop) of shard `shard` (0-based) of `shards` nearly equal contiguous parts."""
-    return n_rows * shard // shards, n_rows * (shard + 1) // shards
-
-
-def merge_shards(parts: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], rows: int = 4096) -> Path:
-    """Concatenate the shards of one extraction (`extract --shard K/N`) into one activation file.
-
-    Every part must come from the same checkpoint and options, the shards 0..N-1 must each be there
-    once, and their rows must tile each split; the result has no shard attributes, so it is the same
-    file a single `extract` writes (up to its creation time).
-    """
-    files = [ActivationFile(p) for p in parts]
-    keyed: dict[int, list[tuple[int, ActivationFile]]] = {}
-    for file in files:
-        if not file.header.shard:
-            raise InputError(f"{file.path}: not a shard (no 'shard' attribute; made by `mitosis extract --shard K/N`)")
-        k, _, n = file.header.shard.partition("/")
-        keyed.setdefault(int(k), []).append((int(n), file))
-    first = files[0]
-    total_shards = {n for items in keyed.values() for n, _ in items}
-    if len(total_shards) != 1:
-        raise InputError(f"the parts disagree on the number of shards ({', '.join(map(str, sorted(total_shards)))})")
-    (n_shards,) = total_shards
-    missing = sorted(set(range(n_shards)) - set(keyed))
-    doubled = sorted(k for k, items in keyed.items() if len(items) > 1)
-    if missing or doubled:
-        raise InputError(f"shards of {n_shards}: " + "; ".join(
-            ([f"missing {', '.join(map(str, missing))}"] if missing else [])
-            + ([f"given twice {', '.join(map(str, doubled))}"] if doubled else [])))
-    ordered = [keyed[k][0][1] for k in range(n_shards)]
-    for file in ordered[1:]:
-        for key in ("source_sha256", "config", "width", "num_classes", "inputs", "epoch"):
-            if getattr(file.header, key) != getattr(first.header, key):
-                raise InputError(f"{file.path}: its {key} differs from {first.path}'s: not shards of one extraction")
-        if set(file.header.splits) != set(first.header.splits):
-            raise InputError(f"{file.path}: holds splits {', '.join(file.header.splits)}, "
-                             f"{first.path} holds {', '.join(first.header.splits)}")
-    totals = {}
-    for split in first.header.splits:
-        position, total = 0, _shard_span(first, split)[2]
-        for file in ordered:
-            start, stop, _ = _shard_span(file, split)
-            if start != position or stop - start != file.header.splits[split]:
-                raise InputError(f"{file.path}: rows {start}-{stop} of {split!r} do not follow row {position}")
-            position = stop
-        if position != total:
-            raise InputError(f"the shards hold {position} of the {total} rows of {split!r}")
-        totals[split] = total
-    weight, bias = first.head()
-
-    def stream(split: str) -> Iterator[Batch]:
-        for file in ordered:
-            logits, labels = file.logits(split), file.labels(split)  # (N, C) and (N,): small beside the features
-            for start, block in zip(range(0, file.header.splits[split], rows), file.iter_blocks(split, rows)):
-                yield block, logits[start : start + rows], labels[start : start + rows]
-
-    header = dataclasses.replace(first.header, shard="", shard_rows={})
-    return write_activations(out, header, weight, bias, {s: (totals[s], stream(s)) for s in first.header.splits})
-
-
-def _shard_span(file: ActivationFile, split: str) -> tuple[int, int, int]:
-    """[start, stop, total rows] of a shard's split, checked to be three integers."""
-    span = file.header.shard_rows.get(split)
-    if not (isinstance(span, list) and len(span) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in span)):
-        raise InputError(f"{file.path}: attribute 'shard_rows' lacks [start, stop, total] for split {split!r}")
-    return span[0], span[1], span[2]

@@ -65,16 +65,20 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[None]:
     A second process asking for the same lock fails at once with one clear line instead of
     interleaving writes. The lock is an `flock` on a hidden file beside the target (``.NAME.lock``),
     released by the kernel even if the holder is killed; the holder removes the file when done, and a
-    process that locked a file just removed by its holder tries again on the new one.
+    process that locked a file just removed by its holder tries again on the new one. Folders made
+    for the lock are removed again when they are left empty (a failed stage leaves no trace).
     """
     import fcntl
 
     target = Path(target)
     lock_path = target.parent / f".{target.name}.lock"
+    created = [p for p in (lock_path.parent, *lock_path.parent.parents) if not p.exists()]  # deepest first
     for _ in range(10):
         try:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(lock_path, "a+")
+            fh = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole `with` body: it carries the lock
+        except FileNotFoundError:  # another process removed a folder it had made, between our mkdir and open
+            continue
         except OSError as err:
             raise InputError(f"cannot write {target}: {err.strerror or err}") from err
         try:
@@ -97,6 +101,11 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[None]:
     finally:
         lock_path.unlink(missing_ok=True)  # while still holding it, so nobody locks a removed file unseen
         fh.close()
+        for folder in created:
+            try:
+                folder.rmdir()  # only when empty: nothing was written there
+            except OSError:
+                break
 
 
 @contextmanager

@@ -73,7 +73,7 @@ class EnsembleRows:
         for metric, value in values.items():
             if metric not in METRICS:
                 raise ValueError(f"unknown ensemble table metric {metric!r}")
-            for name, item in zip(COLUMNS, (kind, width, members, repeat, split, metric, value)):
+            for name, item in zip(COLUMNS, (kind, width, members, repeat, split, metric, value), strict=True):
                 self.columns[name].append(item)
 
     def __len__(self) -> int:

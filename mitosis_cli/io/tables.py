@@ -77,7 +77,9 @@ def write_table(path: str | os.PathLike[str], table: pa.Table, meta: dict[str, A
     return path
 
 
-def read_table(path: str | os.PathLike[str], kind: str | None = None, columns: Sequence[str] = ()) -> tuple[pa.Table, dict[str, Any]]:
+def read_table(
+    path: str | os.PathLike[str], kind: str | None = None, columns: Sequence[str] = ()
+) -> tuple[pa.Table, dict[str, Any]]:
     """Read a mitosis Parquet table and its metadata, checking its kind and required columns."""
     path = Path(path)
     if not path.is_file():
@@ -98,7 +100,8 @@ def read_table(path: str | os.PathLike[str], kind: str | None = None, columns: S
     if kind is not None and meta.get("kind") != kind:
         raise InputError(f"{path}: is a {meta.get('kind')!r} table, expected {kind!r}")
     if meta.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"{path}: schema_version {meta.get('schema_version')!r} is not supported (this mitosis reads {SCHEMA_VERSION})")
+        raise InputError(f"{path}: schema_version {meta.get('schema_version')!r} is not supported "
+                         f"(this mitosis reads {SCHEMA_VERSION})")
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}")

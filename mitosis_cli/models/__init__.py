@@ -1,5 +1,5 @@
-"""Models whose last hidden layer is what `mitosis` studies: `features(x) -> (N, W)` and a linear `head`."""
+"""Models whose last hidden layer is what `mitosis` studies: `features(x) -> (N, W)` and a linear `head`.
 
-from mitosis_cli.models.registry import ARCHS, ModelSpec, build_model
-
-__all__ = ["ARCHS", "ModelSpec", "build_model"]
+`spec` describes a model without torch (`ModelSpec`, the architectures and their checks); `registry`
+builds one (`build_model`). This package imports neither, so describing a model stays cheap.
+"""

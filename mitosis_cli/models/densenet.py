@@ -65,12 +65,3 @@ class DenseNetBC(PooledConvNet):
         self.head = nn.Linear(ch, num_classes)
 
 
-def densenet_width(growth: int, depth: int) -> int:
-    """Last-layer width of DenseNet-BC-`depth` with growth rate `growth`."""
-    n = (depth - 4) // 6
-    ch = 2 * growth
-    for block in range(3):
-        ch += n * growth
-        if block < 2:
-            ch //= 2
-    return ch

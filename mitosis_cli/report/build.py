@@ -9,7 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from mitosis_cli import __version__
 from mitosis_cli.report import figures as F
@@ -17,9 +19,6 @@ from mitosis_cli.report.html import RenderedFigure, ReportDocument, render_html,
 from mitosis_cli.report.inputs import FIGURES_OF_KIND, ReportInputs
 from mitosis_cli.report.select import network_epochs, network_keys, network_label, select_network
 from mitosis_cli.report.summary import summary_tables
-
-import matplotlib.pyplot as plt  # noqa: E402 - `figures` imported `style`, which selected the Agg backend
-from matplotlib.figure import Figure  # noqa: E402
 
 PNG_DPI = 200  # sharp on high-density screens and in print
 # On screen a figure inch is shown as 140 CSS pixels (1.45x print size): a full-width (7 in) figure then
@@ -80,7 +79,7 @@ def plan_figures(inputs: ReportInputs) -> tuple[list[FigurePlan], list[str]]:
             "information-imbalance", SECTION_II, "Information Imbalance against chunk size",
             "Δ(chunk → full layer) near 0 means the chunk predicts the whole layer's neighbourhoods; Δ(full layer → chunk) "
             "near 0 that the layer predicts the chunk's. N: points, k: neighbour rank used. Dashed: clone size.",
-            lambda: F.information_imbalance(clones, summary, ii_keys)))  # type: ignore[arg-type]
+            lambda: F.information_imbalance(clones, summary, ii_keys)))
     if ensemble is not None and len(ensemble.where(split="test")):
         plans.append(FigurePlan(
             "ensemble-accuracy", SECTION_ENSEMBLE, "Ensembles and wide networks",
@@ -91,7 +90,8 @@ def plan_figures(inputs: ReportInputs) -> tuple[list[FigurePlan], list[str]]:
         runs = [(run.network, run.seed, run.frame) for run in inputs.histories]
         plans.append(FigurePlan(
             "training-curves", SECTION_TRAINING, "Training curves",
-            "Cross-entropy loss (log scale) and error per epoch, on the training set (solid, eval mode) and the test set (dashed).",
+            "Cross-entropy loss (log scale) and error per epoch, "
+            "on the training set (solid, eval mode) and the test set (dashed).",
             lambda: F.training_curves(runs)))
     for key in keys:
         epochs = set(network_epochs(clones, key)) | set(network_epochs(summary, key))

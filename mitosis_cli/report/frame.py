@@ -92,7 +92,7 @@ class Frame:
         """(key values, sub-frame) for each distinct combination of `keys`, in sorted order."""
         if not len(self):
             return
-        rows = list(zip(*(self.columns[k].tolist() if k in self.columns else [None] * len(self) for k in keys)))
+        rows = list(zip(*(self.columns[k].tolist() if k in self.columns else [None] * len(self) for k in keys), strict=True))
         for key in sorted(set(rows), key=lambda r: tuple((v is None, v if v is not None else 0) for v in r)):
             yield key, self.filter(np.array([r == key for r in rows], dtype=bool))
 

@@ -82,7 +82,8 @@ def _html_table(table: SummaryTable) -> str:
         for row in table.rows
     )
     note = f'<p class="note">{escape(table.note)}</p>' if table.note else ""
-    return f'<h3>{escape(table.title)}</h3><div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{note}'
+    return (f'<h3>{escape(table.title)}</h3><div class="scroll"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>{note}")
 
 
 def _anchor(section: str) -> str:
@@ -119,7 +120,8 @@ def render_html(doc: ReportDocument) -> str:
                 "</figcaption></figure>"
             )
     rows = "".join(
-        f"<tr><td><code>{escape(path)}</code></td><td>{escape(kind)}</td><td class=\"num\">{rows}</td><td><code>{escape(sha[:12])}</code></td></tr>"
+        f"<tr><td><code>{escape(path)}</code></td><td>{escape(kind)}</td><td class=\"num\">{rows}</td>"
+        f"<td><code>{escape(sha[:12])}</code></td></tr>"
         for path, kind, sha, rows in doc.inputs
     )
     parts.append('<h2 id="inputs">Inputs</h2><div class="scroll"><table><thead><tr><th>table</th><th>kind</th><th>rows</th>'

@@ -17,7 +17,8 @@ from mitosis_cli.report.frame import Frame
 # The columns the report needs from each kind of table (the contracts may carry more; those are kept).
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "clones": ("source", "arch", "dataset", "width", "seed", "split", "metric", "chunk_size", "repeat", "value"),
-    "clones-summary": ("source", "arch", "dataset", "width", "seed", "split", "metric", "chunk_size", "mean", "sem", "n", "lo", "hi"),
+    "clones-summary": ("source", "arch", "dataset", "width", "seed", "split", "metric", "chunk_size",
+                       "mean", "sem", "n", "lo", "hi"),
     "ensemble": ("kind", "width", "members", "repeat", "split", "metric", "value"),
     "history": ("epoch", "train_loss", "train_error", "test_loss", "test_error"),
 }
@@ -159,5 +160,6 @@ def load_inputs(paths: list[Path]) -> ReportInputs:
         inputs.ensemble = Frame.concat(by_kind["ensemble"])
     if not inputs.files:
         kinds = ", ".join(sorted({k for _, k in inputs.ignored})) or "none"
-        raise InputError(f"nothing to report: no clones, clones-summary, ensemble or history table among the inputs (kinds found: {kinds})")
+        raise InputError("nothing to report: no clones, clones-summary, ensemble or history table among the inputs "
+                         f"(kinds found: {kinds})")
     return inputs

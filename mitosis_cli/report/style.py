@@ -14,7 +14,7 @@ import numpy as np
 
 matplotlib.use("Agg", force=True)
 
-import matplotlib.pyplot as plt  # noqa: E402 - must follow the backend choice
+import matplotlib.pyplot as plt
 
 # Okabe & Ito's palette: distinguishable with the common colour-vision deficiencies and in greyscale
 # print. Every categorical colour in the report comes from this list, in this order.
@@ -86,7 +86,7 @@ def sequential(count: int) -> list[str]:
     """`count` ordered colours (for chunk sizes or widths, where order means something): viridis, minus its pale end."""
     cmap = matplotlib.colormaps["viridis"]
     if count <= 1:
-        return [matplotlib.colors.to_hex(cmap(0.35))]
+        return [matplotlib.colors.to_hex(cmap(0.35))] * count
     return [matplotlib.colors.to_hex(cmap(0.05 + 0.8 * i / (count - 1))) for i in range(count)]
 
 

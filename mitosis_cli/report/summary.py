@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mitosis_cli.report.frame import Curve
+from mitosis_cli.report.inputs import ReportInputs
 from mitosis_cli.report.select import (
     chunk_error_curve,
     error_inf_for,
@@ -14,7 +15,6 @@ from mitosis_cli.report.select import (
     select_network,
     source_estimate,
 )
-from mitosis_cli.report.inputs import ReportInputs
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,14 @@ def network_table(inputs: ReportInputs) -> SummaryTable | None:
             _fmt(_at(chunk_error_curve(clones, summary, "test"), key[2]), 4),
             _fmt(error_inf_for(summary, inputs.ensemble, key[2]), 4),
         ))
-    note = "Clone size and number of clones from the clones summary (mean over sources, widest interval); " \
-           "test error is that of the chunk of size W, the whole layer."
+    note = ("Clone size and number of clones from the clones summary (mean over sources, widest interval); "
+            "test error is that of the chunk of size W, the whole layer.")
     if rules:
         note += " Clone size rule: " + "; ".join(rules) + "."
     return SummaryTable(
         "Clones per network",
-        ("arch", "dataset", "W", "sources", "epoch", "clone size w_c* [interval]", "clones", "test error (whole layer)", "error_∞"),
+        ("arch", "dataset", "W", "sources", "epoch", "clone size w_c* [interval]", "clones", "test error (whole layer)",
+         "error_∞"),
         rows, note,
     )
 
@@ -130,7 +131,8 @@ def training_table(inputs: ReportInputs) -> SummaryTable | None:
         zero = np.flatnonzero(run.frame["train_error"] == 0)
         first_zero = _fmt(float(np.min(run.frame["epoch"][zero])), 6) if len(zero) else "never"
         arch, dataset, width = run.network
-        rows.append((str(run.path.parent.name or run.path.name), arch, dataset, str(width), str(run.seed if run.seed is not None else "–"),
+        seed = str(run.seed if run.seed is not None else "–")
+        rows.append((str(run.path.parent.name or run.path.name), arch, dataset, str(width), seed,
                      _fmt(run.frame["epoch"][last], 6), _fmt(run.frame["train_error"][last], 4),
                      _fmt(run.frame["test_error"][last], 4), first_zero))
     return SummaryTable("Training runs", ("run", "arch", "dataset", "W", "seed", "epochs", "train error", "test error",

@@ -96,7 +96,7 @@ def summarize_clones(clones: pa.Table, networks: Sequence[MeasuredNetwork], r2_t
             add({**net.identity, "split": "test", "metric": "error_inf", "mean": error_inf, "n": 1})
             add({**net.identity, "split": "test", "metric": "excess_error_c", "mean": c,
                  "n": int(sum(s >= cs.value for s in net.sizes)), "rule": EXCESS_RULE})
-            for s, st in zip(net.sizes, errors):
+            for s, st in zip(net.sizes, errors, strict=True):
                 add({**net.identity, "split": "test", "metric": "chunk_excess_error", "chunk_size": s,
                      "mean": st.mean - error_inf, "std": st.std, "sem": st.sem, "n": st.n})
 

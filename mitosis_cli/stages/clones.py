@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mitosis_cli.analysis import accuracy, chunks as chunking, reconstruction
+from mitosis_cli.analysis import accuracy, reconstruction
+from mitosis_cli.analysis import chunks as chunking
 from mitosis_cli.analysis.information_imbalance import chunk_information_imbalances
 from mitosis_cli.analysis.reconstruction import RIDGE_ALPHA
 from mitosis_cli.errors import InputError
@@ -40,7 +41,6 @@ from mitosis_cli.stages.clone_summary import MeasuredNetwork, NetworkClones, net
 DIAGNOSTIC_REPEATS = 3  # chunks per size whose residual shape is measured (a pass over the data each)
 DIAGNOSTIC_TARGETS = 128  # neurons outside the chunk whose residuals are tested
 BLOCK_BYTES = 8 << 20  # float32 rows streamed at a time
-STEPS_PER_NETWORK = 4
 CLONES_TABLE, SUMMARY_TABLE = "clones.parquet", "clones-summary.parquet"
 
 
@@ -94,9 +94,9 @@ class CloneSettings(StageSettings):
     def to_argv(self) -> list[str]:
         default = CloneSettings()
         changed = [(name, getattr(self, key)) for key, name in (
-            ("out", "out"), ("sizes", "sizes"), ("repeats", "repeats"), ("acc_repeats", "acc-repeats"), ("seed", "seed"),
-            ("r2_threshold", "r2-threshold"), ("ii_points", "ii-points"), ("ii_k", "ii-k"), ("error_inf", "error-inf"),
-            ("ensemble", "ensemble"), ("device", "device"), ("threads", "threads"),
+            ("out", "out"), ("ensemble", "ensemble"), ("error_inf", "error-inf"), ("sizes", "sizes"), ("repeats", "repeats"),
+            ("acc_repeats", "acc-repeats"), ("seed", "seed"), ("r2_threshold", "r2-threshold"), ("ii_points", "ii-points"),
+            ("ii_k", "ii-k"), ("device", "device"), ("threads", "threads"),
         ) if getattr(self, key) != getattr(default, key)]
         flags = [("rescale", self.rescale or None), ("force", self.force or None)]
         return ["clones", *option_words(changed + flags), *paths_after_options(self.inputs)]
@@ -165,10 +165,12 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
     task = Path(source.name).name
     done = 0
 
+    steps = len(header.splits) + 3  # one pass per split, then R^2, the second pass, Information Imbalance
+
     def step(status: str) -> None:
         nonlocal done
         done += 1
-        on_step(Progress(task, done, STEPS_PER_NETWORK, status))
+        on_step(Progress(task, done, steps, status))
 
     scalings = [False, True] if cfg.rescale else [False]
     readouts = {(s, rescaled): tuple(t.to(device) for t in accuracy.head_readouts(weight, bias, acc_chunks[s], rescaled))
@@ -320,12 +322,13 @@ def run_clones(settings: CloneSettings, on_step: OnStep = no_progress) -> CloneR
         raise InputError("give --error-inf or --ensemble, not both")
     sources = [ActivationFile(p) for p in settings.inputs]
     check_sources(sources, settings)
-    if settings.ensemble is not None:
-        settings = dataclasses.replace(settings, error_inf=read_error_inf(settings.ensemble))
+    # error_inf read from the ensemble table; the recorded command keeps --ensemble, as it was given
+    resolved = (settings if settings.ensemble is None
+                else dataclasses.replace(settings, error_inf=read_error_inf(settings.ensemble)))
     folder = settings.out if settings.out is not None else settings.inputs[0].parent
     targets = (folder / CLONES_TABLE, folder / SUMMARY_TABLE)
     inputs = input_records([*settings.inputs, *([settings.ensemble] if settings.ensemble else [])])
-    wanted = Stamp.of("clones", [i["sha256"] for i in inputs], settings.options())
+    wanted = Stamp.of("clones", [i["sha256"] for i in inputs], resolved.options())
     with output_lock(targets[0]):
         exists = any(t.exists() for t in targets)
         if decide(folder / CLONES_TABLE, wanted, _existing_stamp(folder), exists=exists, force=settings.force) is Decision.SKIP:
@@ -334,7 +337,7 @@ def run_clones(settings: CloneSettings, on_step: OnStep = no_progress) -> CloneR
         if settings.threads is not None:
             set_threads(settings.threads)
         return_freed_memory_to_os()
-        tables = measure_clones(sources, settings, on_step)
-        meta = provenance("clones", inputs, settings.options(), settings.command())
+        tables = measure_clones(sources, resolved, on_step)
+        meta = provenance("clones", inputs, resolved.options(), settings.command())
         written = write_clone_tables(folder, tables.clones, tables.summary, meta)
     return CloneResult(written, False, tables.networks, tables.growth)

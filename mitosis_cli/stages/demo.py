@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from mitosis_cli.analysis.claims import Claim, clone_sizes, critical_width, evaluate_claims, residual_noise
 from mitosis_cli.errors import InputError
 from mitosis_cli.io.atomic import atomic_path, output_lock
-from mitosis_cli.runtime import default_threads, pick_device
+from mitosis_cli.runtime import StopFlag, default_threads, pick_device
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words
 from mitosis_cli.stages.clones import CloneSettings
 from mitosis_cli.stages.ensemble import EnsembleSettings
@@ -36,7 +36,6 @@ from mitosis_cli.stages.report import ReportSettings
 from mitosis_cli.stages.sweep import Grid, GridPoint, Step, analysis_steps, plan, run_step
 from mitosis_cli.stages.train import TrainSettings, run_train
 from mitosis_cli.training.config import TrainConfig
-from mitosis_cli.training.loop import StopFlag
 
 
 @dataclass(frozen=True)
@@ -133,7 +132,7 @@ def control_grid(main: Grid, control: str) -> Grid:
         config = dataclasses.replace(config, weight_decay=0.0)
     elif control == "early-stop":
         config = dataclasses.replace(config, epochs=CONTROL_EARLY_EPOCHS)
-    return dataclasses.replace(main, out=main.out / "controls" / control, seeds={w: (0,) for w in main.widths},
+    return dataclasses.replace(main, out=main.out / "controls" / control, seeds=dict.fromkeys(main.widths, (0,)),
                                train=dataclasses.replace(main.train, config=config), analysis=("clones",))
 
 
@@ -167,31 +166,33 @@ def demo_steps(settings: DemoSettings) -> DemoSteps:
     return DemoSteps(train, analysis, grid, chosen)
 
 
-def _train_in_worker(settings: TrainSettings) -> None:
-    """One training run in a worker process: one torch thread, stopped cleanly by SIGTERM."""
-    run_train(dataclasses.replace(settings, threads=1), stop=StopFlag())
+def _train_in_worker(settings: TrainSettings) -> bool:
+    """One training run in a worker process (one torch thread, stopped cleanly by SIGTERM); True when skipped."""
+    return run_train(dataclasses.replace(settings, threads=1), stop=StopFlag()).skipped
 
 
-def train_all(steps: list[Step], workers: int, on_step: OnStep = no_progress) -> None:
-    """Run the training steps, on `workers` spawned processes when more than one; the first failure stops them."""
-    done = 0
+def train_all(steps: list[Step], workers: int, on_step: OnStep = no_progress) -> list[bool]:
+    """Run the training steps, on `workers` spawned processes when more than one; the first failure stops them.
+
+    Returns each step's `skipped` (the run was already finished), in the order of `steps`.
+    """
+    skipped: dict[int, bool] = {}
     if workers == 1:
-        for step in steps:
-            run_step(step)
-            done += 1
-            on_step(Progress("train", done, len(steps), step.point.name if step.point else ""))
-        return
+        for index, step in enumerate(steps):
+            skipped[index] = run_step(step).skipped
+            on_step(Progress("train", len(skipped), len(steps), step.point.name if step.point else ""))
+        return [skipped[i] for i in range(len(steps))]
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_train_in_worker, step.settings): step for step in steps}
+        futures = {pool.submit(_train_in_worker, step.settings): index for index, step in enumerate(steps)}
         for future in as_completed(futures):
             try:
-                future.result()
+                skipped[futures[future]] = future.result()
             except BaseException:
                 for other in futures:
                     other.cancel()
                 raise
-            done += 1
-            on_step(Progress("train", done, len(steps), f"{workers} workers"))
+            on_step(Progress("train", len(skipped), len(steps), f"{workers} workers"))
+    return [skipped[i] for i in range(len(steps))]
 
 
 @dataclass(frozen=True)
@@ -206,12 +207,13 @@ class DemoResult:
     clone_sizes: dict[int, float]
     noise: dict[str, Any]  # widest, chunk, one_minus_r2 (1 - R^2 of chunks twice the clone size)
     controls: dict[str, Any]
+    steps: list[dict[str, Any]]  # stage, command, skipped (the output was already current)
 
     def to_json(self) -> dict[str, Any]:
         return {"plan": self.plan, "out": str(self.out), "report": str(self.report / "index.html"),
                 "claims": [{"key": c.key, "statement": c.statement, "verdict": c.verdict, "holds": c.holds,
                             "evidence": c.evidence, "numbers": c.numbers} for c in self.claims],
-                "clone_size": self.clone_sizes, "noise": self.noise, "controls": self.controls}
+                "clone_size": self.clone_sizes, "noise": self.noise, "controls": self.controls, "steps": self.steps}
 
 
 def _noise(rows: list[dict[str, Any]], sizes: dict[int, float]) -> dict[str, Any]:
@@ -237,11 +239,13 @@ def run_demo(settings: DemoSettings, on_step: OnStep = no_progress,
     steps = demo_steps(settings)
     grid = steps.grid
     workers = 1 if pick_device(settings.device).type == "cuda" else (settings.jobs or default_threads())
-    train_all(steps.train, workers, on_step)
+    skipped = train_all(steps.train, workers, on_step)
     for number, step in enumerate(steps.analysis, 1):
         if on_start is not None:
             on_start(number, len(steps.analysis), step)
-        run_step(step, on_step)
+        skipped.append(run_step(step, on_step).skipped)
+    records = [{"stage": step.stage, "command": step.shell(), "skipped": was_skipped}
+               for step, was_skipped in zip([*steps.train, *steps.analysis], skipped, strict=True)]
     dataset = grid.datasets[0]
     folder = grid.analysis_dir(dataset)
     rows = pq.read_table(folder / "clones" / "clones-summary.parquet").to_pylist()
@@ -251,7 +255,7 @@ def run_demo(settings: DemoSettings, on_step: OnStep = no_progress,
         controls = {name: _control_verdict(control_grid(grid, name).analysis_dir(dataset) / "clones") for name in CONTROLS}
     sizes = clone_sizes(rows)
     result = DemoResult(steps.plan.name, settings.out, folder / "report", folder / "demo-summary.json", claims, sizes,
-                        _noise(rows, sizes), controls)
+                        _noise(rows, sizes), controls, records)
     with output_lock(result.summary), atomic_path(result.summary) as tmp:
         tmp.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True, default=str) + "\n")
     return result

@@ -119,8 +119,9 @@ def _same(first: ActivationSource, other: ActivationSource, what: str, a: Any, b
 def gather_members(sources: Sequence[ActivationSource]) -> MemberSet:
     """The logits and labels of every member, refusing sets that did not see the same samples.
 
-    Checks, each failing with one `InputError` line naming the network: the same splits, number of classes, data set, and sample count; real inputs (the Gaussian-noise control draws
-    new inputs per seed); identical labels in the same order on every split; no two members of one width
+    Checks, each failing with one `InputError` line naming the network: the same splits, number of classes, data set,
+    and sample count; real inputs (the Gaussian-noise control draws new inputs per seed); identical labels in the same
+    order on every split; no two members of one width
     with the same seed (the same network twice would fake an independent member).
     """
     labels: dict[str, np.ndarray] = {}
@@ -163,7 +164,8 @@ def _member_params(source: ActivationSource, params_per_width: float | None) -> 
     if not all(cfg.get(key) is not None for key in ("dataset", "arch", "width", "depth")):
         return None
     from mitosis_cli.data.registry import dataset_input_shape
-    from mitosis_cli.models.registry import DEFAULT_ENDING, ModelSpec, count_parameters
+    from mitosis_cli.models.registry import count_parameters
+    from mitosis_cli.models.spec import DEFAULT_ENDING, ModelSpec
 
     ending = cfg.get("ending") or DEFAULT_ENDING.get(cfg["arch"], "relu")
     spec = ModelSpec(cfg["arch"], int(cfg["width"]), int(cfg["depth"]), ending)
@@ -236,7 +238,7 @@ def measure_ensemble(sources: Sequence[ActivationSource], settings: EnsembleSett
                 for kind in kinds:
                     rows.add(kind, width, m.members, m.repeat, m.split, m.values)
         for split, logits in pool_logits.items():
-            for member, member_logits in zip(pool, logits):
+            for member, member_logits in zip(pool, logits, strict=True):
                 values = ens.classification_metrics(ens.log_softmax(member_logits), found.labels[split])
                 rows.add("wide", width, 1, found.members[member].header.seed, split, values)
             if len(pool) >= 2:

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import SPLITS, ActivationFile, merge_shards
+from mitosis_cli.io.activations import SPLITS, ActivationFile
 from mitosis_cli.io.atomic import output_lock
+from mitosis_cli.io.shards import merge_shards
 from mitosis_cli.io.stamp import Decision, decide
 from mitosis_cli.runtime import pick_device, set_threads
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options

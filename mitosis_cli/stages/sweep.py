@@ -28,7 +28,7 @@ from mitosis_cli.errors import InputError, exit_code
 from mitosis_cli.stages.base import OnStep, StageSettings, no_progress
 from mitosis_cli.stages.clones import CloneSettings, run_clones
 from mitosis_cli.stages.ensemble import EnsembleSettings, run_ensemble
-from mitosis_cli.stages.extract import ExtractSettings, run_extract
+from mitosis_cli.stages.extract import run_extract
 from mitosis_cli.stages.report import DEFAULT_TITLE, ReportSettings, run_report
 from mitosis_cli.stages.train import TrainSettings, run_train
 
@@ -190,7 +190,8 @@ def run_step(step: Step, on_step: OnStep = no_progress) -> Any:
 
 @dataclass
 class SweepRun:
-    """The steps a `run_steps` call ran, each with its exit code and seconds, and the error that stopped it."""
+    """The steps a `run_steps` call ran (each with its exit code, whether its output was already current
+    and its seconds) and the error that stopped it."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
     error: BaseException | None = None
@@ -208,11 +209,12 @@ def run_steps(steps: list[Step], on_start: Callable[[int, int, Step], None] | No
         if on_start is not None:
             on_start(number, len(steps), step)
         started = time.perf_counter()
+        skipped = None
         try:
-            run_step(step, on_step)
-        except (Exception, KeyboardInterrupt) as err:  # recorded with its exit code, then re-raised by the caller
+            skipped = run_step(step, on_step).skipped
+        except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - recorded with its exit code, re-raised by the caller
             run.error = err
-        run.records.append({**step.describe(), "exit_code": run.exit_code,
+        run.records.append({**step.describe(), "exit_code": run.exit_code, "skipped": skipped,
                             "seconds": round(time.perf_counter() - started, 3)})
         if run.error is not None:
             break

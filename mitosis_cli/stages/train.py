@@ -7,14 +7,17 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitosis_cli.io.atomic import output_lock
 from mitosis_cli.runtime import pick_device, set_threads
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words
 from mitosis_cli.stages.extract import ExtractResult, ExtractSettings, run_extract
 from mitosis_cli.training.config import TrainConfig
-from mitosis_cli.training.loop import StopFlag, TrainResult, train_run
+
+if TYPE_CHECKING:
+    from mitosis_cli.runtime import StopFlag
+    from mitosis_cli.training.loop import TrainResult
 
 
 @dataclass(frozen=True)
@@ -49,17 +52,17 @@ class TrainSettings(StageSettings):
     threads: int | None = None
 
     def to_argv(self) -> list[str]:
-        default = TrainConfig()
-        options: list[tuple[str, Any]] = []
+        """The run's identity (data set, width, seed) and outputs first, then the options that differ from the defaults."""
+        cfg, default = self.config, TrainConfig()
+        options: list[tuple[str, Any]] = [("dataset", cfg.dataset), ("width", cfg.width), ("seed", cfg.seed),
+                                          ("out", self.out), ("acts", self.acts), ("resume", self.resume or None),
+                                          ("force", self.force or None)]
         for f in dataclasses.fields(TrainConfig):
-            value = getattr(self.config, f.name)
-            if value == getattr(default, f.name):
+            value = getattr(cfg, f.name)
+            if f.name in ("dataset", "width", "seed") or value == getattr(default, f.name):
                 continue
-            if f.name == "until_zero_error":  # a plain flag (off is the default, left out above)
-                value = True
-            options.append((f.name.replace("_", "-"), value))
-        options += [("out", self.out), ("acts", self.acts), ("data-dir", self.data_dir),
-                    ("download", self.download or None), ("resume", self.resume or None), ("force", self.force or None),
+            options.append((f.name.replace("_", "-"), True if f.name == "until_zero_error" else value))
+        options += [("data-dir", self.data_dir), ("download", self.download or None),
                     ("device", None if self.device == "auto" else self.device), ("threads", self.threads)]
         return ["train", *option_words(options)]
 
@@ -71,6 +74,11 @@ class TrainOutcome:
     config: TrainConfig  # resolved
     result: TrainResult
     acts: ExtractResult | None
+
+    @property
+    def skipped(self) -> bool:
+        """Whether the run was already finished (and its activations, if asked for, current)."""
+        return self.result.skipped and (self.acts is None or self.acts.skipped)
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
@@ -85,6 +93,8 @@ def run_train(settings: TrainSettings, on_step: OnStep = no_progress, stop: Stop
     `on_step` receives a `Progress` per epoch whose `values` are the history row (epoch, lr, train_loss,
     train_error, test_loss, test_error, seconds). Under torchrun only rank 0 writes and extracts.
     """
+    from mitosis_cli.training.loop import train_run  # torch: loaded when a network is trained, not for --help
+
     cfg = settings.config.resolved()
     if settings.threads is not None:
         set_threads(settings.threads)

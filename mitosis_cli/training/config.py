@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mitosis_cli.errors import InputError
-from mitosis_cli.models.registry import DEFAULT_DEPTH, DEFAULT_ENDING, ModelSpec, check_spec
+from mitosis_cli.models.spec import DEFAULT_DEPTH, DEFAULT_ENDING, ModelSpec, check_spec
 
 # Paper defaults for CIFAR Wide-ResNets / DenseNets (Doimo et al. 2022).
 PAPER_CIFAR = {"lr": 0.1, "weight_decay": 5e-4, "epochs": 200, "batch_size": 128, "lr_min": 1e-5, "augment": True}

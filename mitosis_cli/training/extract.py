@@ -13,10 +13,11 @@ from torch import nn
 
 from mitosis_cli.data import Dataset, load_dataset
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import ActivationHeader, Batch, shard_range, write_activations
+from mitosis_cli.io.activations import ActivationHeader, Batch, write_activations
 from mitosis_cli.io.checkpoints import load_checkpoint
+from mitosis_cli.io.shards import shard_range
 from mitosis_cli.io.tables import file_sha256
-from mitosis_cli.models import build_model
+from mitosis_cli.models.registry import build_model
 from mitosis_cli.training.config import TrainConfig
 from mitosis_cli.training.loop import CHECKPOINT
 
@@ -100,7 +101,7 @@ def extraction_header(trained: TrainedModel, splits: tuple[str, ...], untrained:
         width=cfg.width, num_classes=trained.num_classes, dataset=cfg.dataset, arch=cfg.model_spec.family, seed=cfg.seed,
         epoch=trained.epoch, layer=LAYER_NAME, config=extraction_config(trained, untrained, noise_inputs),
         source_sha256=trained.checkpoint_sha256, inputs="gaussian-noise" if noise_inputs else "data",
-        shard=f"{shard[0]}/{shard[1]}" if shard else "", splits={s: 0 for s in splits})
+        shard=f"{shard[0]}/{shard[1]}" if shard else "", splits=dict.fromkeys(splits, 0))
 
 
 def extract_activations(
@@ -119,7 +120,7 @@ def extract_activations(
 
     With `noise_inputs`, each split's inputs are replaced by standard Gaussian noise of the same shape
     (seeded by the run's seed); labels are kept, so accuracies measure chance. With ``shard=(k, n)``
-    only the k-th of n contiguous row ranges of each split is written (`io.activations.merge_shards`
+    only the k-th of n contiguous row ranges of each split is written (`io.shards.merge_shards`
     joins the parts).
     """
     device = device or torch.device("cpu")

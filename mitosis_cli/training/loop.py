@@ -14,7 +14,7 @@ import json
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,8 @@ from mitosis_cli.io.atomic import atomic_path
 from mitosis_cli.io.checkpoints import load_checkpoint, save_checkpoint
 from mitosis_cli.io.stamp import Stamp, decide
 from mitosis_cli.io.tables import provenance, write_table
-from mitosis_cli.models import build_model
+from mitosis_cli.models.registry import build_model
+from mitosis_cli.runtime import StopFlag
 from mitosis_cli.training.config import TrainConfig
 from mitosis_cli.training.distributed import Ranks, init_ranks, unwrap, wrap_model
 from mitosis_cli.training.schedule import learning_rate
@@ -83,25 +84,6 @@ class TrainResult:
     @property
     def final(self) -> dict[str, float]:
         return self.history[-1] if self.history else {}
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT while training, so the loop can save a checkpoint and exit cleanly."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[StopFlag]:
-        def handler(signum: int, _frame: Any) -> None:
-            self.signal = signum
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -352,3 +352,16 @@ def test_cuda_matches_cpu() -> None:
         chunk_information_imbalances(x, chunks, k=2, device="cuda"), chunk_information_imbalances(x, chunks, k=2)
     )
     np.testing.assert_array_equal(nearest_neighbours(x, 3, device="cuda"), nearest_neighbours(x, 3))
+
+
+def test_float64_input_is_not_changed_and_ties_follow_the_index() -> None:
+    # Found by the property test: centring a float64 input in place changed the caller's array, and the exact
+    # distances were then taken on the centred copy, whose rounding broke a tie at the k-th neighbour.
+    rng = np.random.default_rng(144)
+    x = rng.integers(0, 3, size=(26, 3)).astype(np.float64)
+    before = x.copy()
+    got = nearest_neighbours(x, 5)
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_array_equal(got, _ref_neighbours(before, 5))
+    assert information_imbalance(x, x[:, :2], 2) == pytest.approx(_ref_imbalance(before, before[:, :2], 2), abs=1e-12)
+    np.testing.assert_array_equal(x, before)

@@ -98,7 +98,10 @@ def test_default_run_writes_every_metric_and_skips_a_rerun(acts_factory, capsys)
     assert main(["clones", str(path), "--force", "-q"]) == 0  # redone: the same numbers (seeded)
     again, _ = read_clones(path.parent / "clones.parquet")
     assert again.equals(clones)
-    assert main(["clones", str(path), "-q", "--seed", "1"]) == 0  # new options: not skipped
+    assert main(["clones", str(path), "-q", "--seed", "1"]) == 2  # new options: refused, the tables kept
+    assert "other options (seed)" in capsys.readouterr().err
+    assert read_clones(path.parent / "clones.parquet")[0].equals(clones)
+    assert main(["clones", str(path), "-q", "--seed", "1", "--force"]) == 0  # replaced only when asked
     assert not read_clones(path.parent / "clones.parquet")[0].equals(clones)
 
 
@@ -119,7 +122,7 @@ def test_widths_give_the_growth_of_clones(acts_factory, tmp_path: Path, capsys) 
 def test_error_inf_and_rescale(acts_factory, tmp_path: Path) -> None:
     path = acts_factory(n=300, width=32, clone_size=4)
     ens = pa.table({"kind": ["error-inf"], "metric": ["error"], "split": ["test"], "value": [0.02]})
-    ens_path = write_table(tmp_path / "ensemble.parquet", ens, provenance("ensemble", []))
+    ens_path = write_table(tmp_path / "ensemble.parquet", ens, provenance("ensemble", [], {}, ""))
     assert main(["clones", str(path), *FAST, "--ii-points", "0", "--ensemble", str(ens_path), "--rescale"]) == 0
     summary, meta = read_clones_summary(path.parent / "clones-summary.parquet")
     assert meta["options"]["error_inf"] == 0.02 and any(i["path"] == str(ens_path) for i in meta["inputs"])

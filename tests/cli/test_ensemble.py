@@ -67,7 +67,8 @@ def test_table_matches_hand_computation(hand_members: list[Path], tmp_path: Path
             assert got == pytest.approx(hand["test"][seed])
             one = values(out, kind="chunk-average", width=1, members=1, repeat=seed * 5 + draw, split="test")
             # one neuron j of the identity head reads out logit j and 0 for the other classes
-            singles = [metrics_by_hand([softmax_row([z[j] if c == j else 0.0 for c in range(3)]) for z in LOGITS[seed]], list(LABELS))
+            singles = [metrics_by_hand([softmax_row([z[j] if c == j else 0.0 for c in range(3)]) for z in LOGITS[seed]],
+                                       list(LABELS))
                        for j in range(3)]
             assert any(one == pytest.approx(s) for s in singles)
     assert report["error_inf"] == pytest.approx(error_inf) and report["skipped"] is False and report["split"] == "test"
@@ -98,9 +99,12 @@ def test_skips_same_request_and_redoes_on_force_or_new_options(hand_members: lis
     captured = capsys.readouterr()
     again = json.loads(captured.out)
     assert again["skipped"] is True and "skipped" in captured.err and out.stat().st_mtime_ns == stamp
-    assert {k: v for k, v in again.items() if k not in ("skipped", "notes")} == {k: v for k, v in first.items() if k not in ("skipped", "notes")}
+    assert ({k: v for k, v in again.items() if k not in ("skipped", "notes")}
+            == {k: v for k, v in first.items() if k not in ("skipped", "notes")})
     assert main([*args, "--force"]) == 0 and json.loads(capsys.readouterr().out)["skipped"] is False
-    assert main([*args[:-2], "3", "--json"]) == 0 and json.loads(capsys.readouterr().out)["skipped"] is False
+    assert main([*args[:-2], "3", "--json"]) == 2  # new options: refused, the table kept
+    assert "other options (repeats)" in capsys.readouterr().err
+    assert main([*args[:-2], "3", "--json", "--force"]) == 0 and json.loads(capsys.readouterr().out)["skipped"] is False
     _, meta = read_ensemble_table(out)
     assert meta["options"]["repeats"] == 3 and sorted(i["path"] for i in meta["inputs"]) == sorted(map(str, hand_members))
 
@@ -113,7 +117,8 @@ def test_reproducible_draws(tmp_path: Path) -> None:
         assert main(["ensemble", *map(str, paths), "-o", str(out), "--seed", seed, "--repeats", "3", "-q"]) == 0
         tables.append(read_ensemble_table(out)[0].to_pylist())
     assert tables[0] == tables[1] and tables[0] != tables[2]
-    draws = [r for r in tables[0] if r["kind"] == "ensemble" and r["members"] == 2 and r["metric"] == "cross_entropy" and r["split"] == "test"]
+    draws = [r for r in tables[0]
+             if r["kind"] == "ensemble" and r["members"] == 2 and r["metric"] == "cross_entropy" and r["split"] == "test"]
     assert len(draws) == 3 and len({r["value"] for r in draws}) > 1  # C(6, 2) = 15 > 3: random subsets
 
 
@@ -176,7 +181,8 @@ def _reordered(tmp_path: Path) -> list[str]:
     (_mismatched_labels, "train labels differ"),
     (_reordered, "test labels differ"),
     (lambda tmp: list(map(str, toy_members(tmp, count=1))), "at least 2 activation files"),
-    (lambda tmp: list(map(str, toy_members(tmp, count=2) + toy_members(tmp, count=3, splits=("test",), prefix="t")[2:])), "set of splits"),
+    (lambda tmp: list(map(str, toy_members(tmp, count=2) + toy_members(tmp, count=3, splits=("test",), prefix="t")[2:])),
+     "set of splits"),
     (lambda tmp: [*map(str, toy_members(tmp, count=2)), str(tmp / "missing.h5")], "no such file"),
     (lambda tmp: [*map(str, toy_members(tmp, count=2)), "--combine", "median"], "--combine 'median'"),
     (lambda tmp: [*map(str, toy_members(tmp, count=2, width=8)), "--chunk-size", "8"], "narrower than the widest"),
@@ -203,7 +209,8 @@ def test_console_script(hand_members: list[Path], tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "mitosis"
     env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE"}
     bad = subprocess.run([str(script), "ensemble", str(hand_members[0])], capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    assert (bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
+            and "Traceback" not in bad.stderr)
     good = subprocess.run([str(script), "ensemble", *map(str, hand_members), "--json", "-q", "--repeats", "2"],
                           capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert good.returncode == 0 and good.stderr == "", good.stderr

@@ -58,10 +58,14 @@ def test_rerun_skips_force_redoes_and_changed_inputs_rebuild(tables, tmp_path: P
     assert (out / "index.html").stat().st_mtime_ns == before
     code, stdout, _ = run(capsys, *args, "--json", "--force")
     assert code == 0 and json.loads(stdout)["skipped"] is False
-    code, stdout, _ = run(capsys, *args, "--json", "--title", "Another title")
-    assert json.loads(stdout)["skipped"] is False, "a changed option is a different report"
+    code, stdout, stderr = run(capsys, *args, "--json", "--title", "Another title")
+    assert code == 2 and "other options (title)" in stderr, "a changed option is a different report: refused"
+    code, stdout, _ = run(capsys, *args, "--json", "--title", "Another title", "--force")
+    assert json.loads(stdout)["skipped"] is False and "Another title" in (out / "index.html").read_text()
     changed = T.write_history(tmp_path / "history.parquet", 64, 0, epochs=5)
-    code, stdout, _ = run(capsys, str(changed), "-o", str(out), "--json")
+    code, stdout, stderr = run(capsys, str(changed), "-o", str(out), "--json")
+    assert code == 2 and "other input files" in stderr
+    code, stdout, _ = run(capsys, str(changed), "-o", str(out), "--json", "--force")
     assert json.loads(stdout)["skipped"] is False and "Another title" not in (out / "index.html").read_text()
 
 
@@ -77,7 +81,7 @@ def test_missing_tables_are_said_once_each_and_quiet_says_nothing(tables, tmp_pa
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_text("not parquet"), "not a readable Parquet file"),
     (lambda p: pq.write_table(pa.table({"x": [1]}), p), "not a mitosis table"),
-    (lambda p: write_table(p, pa.Table.from_pylist([], schema=T.CLONES_SCHEMA), provenance("clones", [], {})), "empty"),
+    (lambda p: write_table(p, pa.Table.from_pylist([], schema=T.CLONES_SCHEMA), provenance("clones", [], {}, "")), "empty"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, make, message: str) -> None:
     bad = tmp_path / "bad.parquet"
@@ -93,5 +97,5 @@ def test_refuses_to_replace_a_folder_that_is_not_a_report(tables, tmp_path: Path
     precious.mkdir()
     (precious / "chapter1.tex").write_text("...")
     code, _, stderr = run(capsys, str(tables["history0"]), "-o", str(precious))
-    assert code == 2 and "not a mitosis report folder" in stderr
+    assert code == 2 and "not written by mitosis" in stderr
     assert (precious / "chapter1.tex").read_text() == "..."

@@ -1,6 +1,6 @@
 """`mitosis sweep`: the planned commands, their shell quoting, the SLURM scripts, and a tiny run end to end.
 
-The expected commands are written out by hand here (not taken from mitosis_cli.sweeps), and the
+The expected commands are written out by hand here (not taken from the planner, mitosis_cli.stages.sweep), and the
 generated shell text is checked by running it with bash against stub `mitosis` / `scontrol` programs
 that only record their argv.
 """
@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from mitosis_cli.cli.app import main
@@ -29,7 +30,9 @@ QUICK_ANALYSIS = ["--clones-arg=--repeats=2", "--clones-arg=--acc-repeats=2", "-
                   "--ensemble-arg=--repeats=2"]
 
 
-def expected_commands(out: str, widths: list[int], seeds: list[int], train_extra: list[str], dataset: str = "mnist5k") -> list[list[str]]:
+def expected_commands(
+    out: str, widths: list[int], seeds: list[int], train_extra: list[str], dataset: str = "mnist5k"
+) -> list[list[str]]:
     """The sweep's commands for one data set, spelled out independently of the planner."""
     runs = [f"{out}/{dataset}/w{w}-s{s}" for w in widths for s in seeds]
     train = [["mitosis", "train", f"--dataset={dataset}", f"--width={w}", f"--seed={s}", f"--out={out}/{dataset}/w{w}-s{s}",
@@ -81,7 +84,7 @@ def _calls(log: Path) -> list[list[str]]:
 
 def _no_pwned(*roots: Path) -> None:
     for root in roots:
-        assert not [p for p in root.rglob("pwned*")], f"a quoted path ran as code under {root}"
+        assert not list(root.rglob("pwned*")), f"a quoted path ran as code under {root}"
 
 
 @pytest.mark.parametrize("out", [HOSTILE, DASHED])
@@ -217,7 +220,7 @@ def test_grid_files_plan_the_same_commands_as_options(tmp_path: Path, capsys: py
         printed.append(capsys.readouterr().out)
     assert printed[0] == printed[1] == printed[2]
     commands = [shlex.split(line) for line in printed[0].splitlines()]
-    assert commands[0][-3:] == ["--epochs=2", "--until-zero-error", "--no-augment"]
+    assert set(commands[0][-3:]) == {"--epochs=2", "--until-zero-error", "--no-augment"}
     assert "--repeats=5" in next(c for c in commands if c[1] == "clones")
     # the command line overrides the file
     assert main(["sweep", "--grid", str(toml), "--widths", "32", "--seeds", "4", "--print", "--phase", "train"]) == 0
@@ -279,10 +282,19 @@ def test_sweep_runs_end_to_end_and_a_rerun_reuses_the_training(tmp_path: Path, c
     assert (folder / "ensemble.parquet").is_file() and (folder / "clones" / "clones-summary.parquet").is_file()
     assert (folder / "report" / "index.html").is_file()
     history = (folder / "w8-s0" / "history.parquet").read_bytes()
+    # every table records the command of the stage that wrote it, not the sweep's
+    commands = {c["stage"]: c["command"] for c in summary["commands"]}
+    for table, stage in (("clones/clones.parquet", "clones"), ("ensemble.parquet", "ensemble"),
+                         ("w8-s1/history.parquet", "train")):
+        recorded = json.loads(pq.read_schema(folder / table).metadata[b"mitosis"])["command"]
+        assert shlex.split(recorded)[:2] == ["mitosis", stage] and "mitosis sweep" not in recorded
+        if stage != "train":
+            assert recorded == commands[stage]
+    assert "--seed=1" in shlex.split(json.loads(pq.read_schema(folder / "w8-s1/history.parquet").metadata[b"mitosis"])["command"])
 
-    assert main([*args[:-1], "--phase", "train"]) == 0
-    err = capsys.readouterr().err
-    assert err.count("already trained with these options") == 2
+    assert main([*args, "--phase", "train"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [(c["stage"], c["skipped"]) for c in again["commands"]] == [("train", True), ("train", True)]
     assert (folder / "w8-s0" / "history.parquet").read_bytes() == history
 
 

@@ -7,18 +7,19 @@ import numpy as np
 import pytest
 
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import iter_feature_blocks, read_head, read_info, read_split
+from mitosis_cli.io.activations import ActivationFile
 
 
 def test_round_trip(acts_factory) -> None:
     path = acts_factory(n=300, width=32, clone_size=4, classes=3)
-    info = read_info(path)
-    assert (info.width, info.num_classes, info.splits) == (32, 3, {"train": 300, "test": 300})
-    split = read_split(path, "test")
-    weight, bias = read_head(path)
+    file = ActivationFile(path)
+    info = file.header
+    assert (info.width, info.num_classes, dict(info.splits)) == (32, 3, {"train": 300, "test": 300})
+    split = file.split("test")
+    weight, bias = file.head()
     assert split.features.dtype == np.float32 and split.labels.dtype == np.int64
     np.testing.assert_allclose(split.features @ weight.T + bias, split.logits, rtol=1e-5, atol=1e-5)
-    blocks = list(iter_feature_blocks(path, "test", rows=128))
+    blocks = list(file.iter_blocks("test", rows=128))
     assert [len(b) for b in blocks] == [128, 128, 44]
     np.testing.assert_array_equal(np.concatenate(blocks), split.features)
     assert not list(path.parent.glob(".*.tmp")), "temporary file left behind"
@@ -44,7 +45,7 @@ def test_bad_layout_is_refused(acts_factory, corrupt, message: str) -> None:
     with h5py.File(path, "r+") as f:
         corrupt(f)
     with pytest.raises(InputError, match=message):
-        read_info(path)
+        ActivationFile(path)
 
 
 def test_nan_and_label_range_are_refused(acts_factory) -> None:
@@ -53,15 +54,15 @@ def test_nan_and_label_range_are_refused(acts_factory) -> None:
         f["test/features"][3, 2] = np.nan
         f["train/labels"][0] = 7
     with pytest.raises(InputError, match="NaN or Inf"):
-        read_split(path, "test")
+        ActivationFile(path).split("test")
     with pytest.raises(InputError, match="labels outside"):
-        read_split(path, "train")
+        ActivationFile(path).split("train")
 
 
 def test_not_hdf5(tmp_path: Path) -> None:
     bad = tmp_path / "x.h5"
     bad.write_bytes(b"not hdf5 at all")
     with pytest.raises(InputError, match="not a readable HDF5 file"):
-        read_info(bad)
+        ActivationFile(bad)
     with pytest.raises(InputError, match="no such file"):
-        read_info(tmp_path / "missing.h5")
+        ActivationFile(tmp_path / "missing.h5")

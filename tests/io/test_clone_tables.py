@@ -36,7 +36,7 @@ def _summary_cols() -> dict:
 def test_round_trip(tmp_path: Path) -> None:
     clones, summary = clones_table(_clone_cols()), summary_table(_summary_cols())
     assert clones.schema.equals(CLONES_SCHEMA) and summary.schema.equals(SUMMARY_SCHEMA)
-    write_clone_tables(tmp_path, clones, summary, provenance("clones", [], {"seed": 0}))
+    write_clone_tables(tmp_path, clones, summary, provenance("clones", [], {"seed": 0}, ""))
     back, meta = read_clones(tmp_path / "clones.parquet")
     assert meta["kind"] == "clones" and meta["options"] == {"seed": 0}
     assert back.drop_columns(["value"]).to_pylist() == clones.drop_columns(["value"]).to_pylist()
@@ -66,7 +66,7 @@ def _ensemble(tmp_path: Path, values: list[float]) -> Path:
     n = len(values) + 1
     table = pa.table({"kind": ["error-inf"] * len(values) + ["ensemble"], "metric": ["error"] * n,
                       "split": ["test"] * n, "value": [*values, 0.9], "width": [64] * n})
-    return write_table(tmp_path / "ensemble.parquet", table, provenance("ensemble", []))
+    return write_table(tmp_path / "ensemble.parquet", table, provenance("ensemble", [], {}, ""))
 
 
 def test_error_inf_from_ensemble(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mitosis_cli.errors import InputError
-from mitosis_cli.models import ModelSpec, build_model
+from mitosis_cli.models.registry import build_model
+from mitosis_cli.models.spec import ModelSpec
 
 
 @pytest.mark.parametrize(

@@ -185,7 +185,7 @@ def assert_same_table(a: Path, b: Path) -> None:
     for name in cols_a:  # exact: NaN == NaN here because to_pylist gives the same float object pattern
         va, vb = np.asarray(cols_a[name], dtype=object), np.asarray(cols_b[name], dtype=object)
         same = [(x == y) or (isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y))
-                for x, y in zip(va, vb)]
+                for x, y in zip(va, vb, strict=True)]
         assert len(va) == len(vb) and all(same), f"{a} vs {b}: column {name!r} differs"
     assert meta_a == meta_b, f"{a} vs {b}: metadata differs"
 
@@ -226,13 +226,15 @@ def assert_same_state(a: Any, b: Any, where: str = "") -> None:
         assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
         for key in a:
             if key == "history":
-                strip = lambda text: [{k: v for k, v in row.items() if k not in VOLATILE_COLUMNS} for row in json.loads(text)]
+                def strip(text: str) -> list[dict]:
+                    return [{k: v for k, v in row.items() if k not in VOLATILE_COLUMNS} for row in json.loads(text)]
+
                 assert strip(a[key]) == strip(b[key]), f"{where}/history differs"
             elif key != "seconds_in_epoch":
                 assert_same_state(a[key], b[key], f"{where}/{key}")
     elif isinstance(a, (list, tuple)):
         assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_state(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"

@@ -133,7 +133,8 @@ def _empty_split(path: Path) -> Path:
     planted_acts(path, n=4, seed=5)
     with h5py.File(path, "r+") as f:
         for split in ("train", "test"):
-            for key, shape, dtype in (("features", (0, 16), np.float32), ("logits", (0, 3), np.float32), ("labels", (0,), np.int64)):
+            for key, shape, dtype in (("features", (0, 16), np.float32), ("logits", (0, 3), np.float32),
+                                      ("labels", (0,), np.int64)):
                 del f[f"{split}/{key}"]
                 f.create_dataset(f"{split}/{key}", shape=shape, dtype=dtype)
     return path
@@ -289,7 +290,8 @@ CKPT_CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
     ("truncated to 50%", lambda run, p: _truncated_ckpt(run, p, 0.5), "checkpoint"),
     ("truncated to 99%", lambda run, p: _truncated_ckpt(run, p, 0.99), "checkpoint"),
     ("data record corrupted", _zip_entry_corrupt, "checkpoint"),
-    ("tensors only, not a mitosis checkpoint", lambda run, p: (torch.save({"w": torch.zeros(3)}, p), p)[1], "not a mitosis checkpoint"),
+    ("tensors only, not a mitosis checkpoint", lambda run, p: (torch.save({"w": torch.zeros(3)}, p), p)[1],
+     "not a mitosis checkpoint"),
     ("format_version 2", lambda run, p: _ckpt_edit(run, p, format_version=2), "format_version"),
     ("no model weights", lambda run, p: _ckpt_edit(run, p, model=_DROP), "model"),
     ("config not JSON", lambda run, p: _ckpt_edit(run, p, config="{oops"), "config"),
@@ -300,7 +302,9 @@ CKPT_CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
 
 
 @pytest.mark.parametrize("name, make, problem", CKPT_CASES, ids=[c[0] for c in CKPT_CASES])
-def test_broken_checkpoint(tmp_path: Path, cli: RunCli, run_dir: Path, name: str, make: Callable[[Path, Path], Path], problem: str) -> None:
+def test_broken_checkpoint(
+    tmp_path: Path, cli: RunCli, run_dir: Path, name: str, make: Callable[[Path, Path], Path], problem: str
+) -> None:
     bad = make(run_dir, tmp_path / "bad.pt")
     before = snapshot(tmp_path)
     result = cli("extract", bad, "-o", tmp_path / "acts.h5", "--threads", "1", "--quiet")
@@ -316,7 +320,7 @@ def test_broken_checkpoint(tmp_path: Path, cli: RunCli, run_dir: Path, name: str
 def _history_like(path: Path, kind: str = "history", **meta_changes: object) -> Path:
     table = pa.table({"epoch": pa.array([1, 2], pa.int64()), "train_loss": [0.5, 0.2], "train_error": [0.1, 0.0],
                       "test_loss": [0.6, 0.4], "test_error": [0.2, 0.15], "lr": [0.1, 0.1], "seconds": [1.0, 1.0]})
-    meta = provenance(kind, [], {"config": {"arch": "mlp", "dataset": "x", "width": 8, "seed": 0}}) | meta_changes
+    meta = provenance(kind, [], {"config": {"arch": "mlp", "dataset": "x", "width": 8, "seed": 0}}, "") | meta_changes
     write_table(path, table, meta)
     return path
 
@@ -327,11 +331,13 @@ def _with_metadata(path: Path, raw: bytes) -> Path:
     return path
 
 
-def _ensemble_table(path: Path, value_type: pa.DataType = pa.float64(), kind_value: str = "error-inf", value: object = 0.1) -> Path:
+def _ensemble_table(
+    path: Path, value_type: pa.DataType | None = None, kind_value: str = "error-inf", value: object = 0.1
+) -> Path:
     table = pa.table({"kind": [kind_value], "width": pa.array([16], pa.int64()), "members": pa.array([3], pa.int64()),
                       "repeat": pa.array([0], pa.int64()), "split": ["test"], "metric": ["error"],
-                      "value": pa.array([value], value_type)})
-    write_table(path, table, provenance("ensemble", [], {}))
+                      "value": pa.array([value], value_type or pa.float64())})
+    write_table(path, table, provenance("ensemble", [], {}, ""))
     return path
 
 
@@ -339,13 +345,15 @@ TABLE_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("empty file", lambda p: (p.write_bytes(b""), p)[1], "Parquet"),
     ("random bytes", lambda p: _random_bytes(p, 2048), "Parquet"),
     ("truncated", lambda p: (lambda q: (q.write_bytes(q.read_bytes()[:-40]), q)[1])(_history_like(p)), "Parquet"),
-    ("foreign Parquet (no mitosis metadata)", lambda p: (pq.write_table(pa.table({"a": [1, 2]}), p), p)[1], "not a mitosis table"),
+    ("foreign Parquet (no mitosis metadata)", lambda p: (pq.write_table(pa.table({"a": [1, 2]}), p), p)[1],
+     "not a mitosis table"),
     ("metadata not JSON", lambda p: _with_metadata(p, b"{nope"), "metadata"),
     ("schema_version 99", lambda p: _history_like(p, schema_version=99), "schema_version"),
     ("history without rows", lambda p: (write_table(p, pa.table({c: pa.array([], pa.float64()) for c in
                                          ("epoch", "train_loss", "train_error", "test_loss", "test_error")}),
-                                         provenance("history", [], {})), p)[1], "empty"),
-    ("history missing a column", lambda p: (write_table(p, pa.table({"epoch": [1]}), provenance("history", [], {})), p)[1], "column"),
+                                         provenance("history", [], {}, "")), p)[1], "empty"),
+    ("history missing a column",
+     lambda p: (write_table(p, pa.table({"epoch": [1]}), provenance("history", [], {}, "")), p)[1], "column"),
     ("only a table of an unknown kind", lambda p: _history_like(p, kind="mystery"), "nothing to report"),
     ("a directory without tables", lambda p: (p.mkdir(), p)[1], "no .parquet"),
     ("a missing path", lambda p: p, "no such file"),
@@ -373,7 +381,9 @@ ENSEMBLE_INPUT_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
 
 
 @pytest.mark.parametrize("name, make, problem", ENSEMBLE_INPUT_CASES, ids=[c[0] for c in ENSEMBLE_INPUT_CASES])
-def test_broken_ensemble_table_for_clones(tmp_path: Path, cli: RunCli, name: str, make: Callable[[Path], Path], problem: str) -> None:
+def test_broken_ensemble_table_for_clones(
+    tmp_path: Path, cli: RunCli, name: str, make: Callable[[Path], Path], problem: str
+) -> None:
     acts = planted_acts(tmp_path / "acts.h5")
     bad = make(tmp_path / "bad.parquet")
     before = snapshot(tmp_path)
@@ -432,7 +442,8 @@ def test_output_below_a_file_is_refused(tmp_path: Path, cli: RunCli) -> None:
     blocker.write_text("not a folder")
     before = snapshot(tmp_path)
     assert_clean_failure(cli("clones", acts, *TINY_CLONES, "-o", blocker / "out"), blocker / "out", problem="cannot write")
-    assert_clean_failure(cli("ensemble", acts, planted_acts(tmp_path / "b.h5", seed=1), *TINY_ENSEMBLE, "-o", blocker / "e.parquet"),
+    assert_clean_failure(cli("ensemble", acts, planted_acts(tmp_path / "b.h5", seed=1), *TINY_ENSEMBLE,
+                             "-o", blocker / "e.parquet"),
                          blocker / "e.parquet", problem="cannot write")
     before["b.h5"] = snapshot(tmp_path)["b.h5"]
     assert snapshot(tmp_path) == before
@@ -454,7 +465,9 @@ def tiny_fs(tmp_path: Path) -> Path:
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_full_disk_extract_fails_with_one_line_and_leaves_nothing(tmp_path: Path, tiny_fs: Path, cli: RunCli, run_dir: Path) -> None:
+def test_full_disk_extract_fails_with_one_line_and_leaves_nothing(
+    tmp_path: Path, tiny_fs: Path, cli: RunCli, run_dir: Path
+) -> None:
     target = tiny_fs / "acts.h5"
     # 4 KiB left: HDF5 itself would crash the interpreter on the failed write, so extract must refuse up front
     (tiny_fs / "filler").write_bytes(b"\0" * (60 * 1024))
@@ -532,7 +545,8 @@ def test_console_script_bad_inputs_are_one_line_exit_2(tmp_path: Path) -> None:
     table = _random_bytes(tmp_path / "bad.parquet", 100)
     before = snapshot(tmp_path)
     for argv, named in ((["clones", acts, "-o", tmp_path / "o"], acts), (["report", table, "-o", tmp_path / "r"], table)):
-        proc = subprocess.run([str(MITOSIS), *map(str, argv)], check=False, capture_output=True, text=True, env=child_env(), timeout=300)
+        proc = subprocess.run([str(MITOSIS), *map(str, argv)], check=False, capture_output=True, text=True,
+                              env=child_env(), timeout=300)
         assert_clean_failure(Result(proc.returncode, proc.stdout, proc.stderr), named)
         assert proc.stdout == ""
         record("bad_input.console_script")

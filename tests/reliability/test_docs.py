@@ -25,7 +25,8 @@ def test_documented_counts_are_what_the_tests_enumerate() -> None:
     clones = sum(1 for cmd, _ in commands if cmd == "clones")
     ensemble = sum(1 for cmd, _ in commands if cmd == "ensemble")
     console, below_a_file = 2, 2  # test_console_script_bad_inputs_are_one_line_exit_2, test_output_below_a_file_is_refused
-    total = clones + ensemble + len(bad.CKPT_CASES) + len(bad.TABLE_CASES) + len(bad.ENSEMBLE_INPUT_CASES) + console + below_a_file
+    total = (clones + ensemble + len(bad.CKPT_CASES) + len(bad.TABLE_CASES) + len(bad.ENSEMBLE_INPUT_CASES)
+             + console + below_a_file)
     want = {
         "activation files through `clones`": clones,
         "activation files through `ensemble` (beside a good member)": ensemble,
@@ -41,5 +42,6 @@ def test_documented_counts_are_what_the_tests_enumerate() -> None:
     }
     rows = _rows()
     for label, count in want.items():
-        assert rows.get(label) == str(count), f"docs/reliability.md says {rows.get(label)!r} for {label!r}; the tests enumerate {count}"
+        assert rows.get(label) == str(count), (
+            f"docs/reliability.md says {rows.get(label)!r} for {label!r}; the tests enumerate {count}")
     assert "Five crafted checkpoints" in DOC.read_text() and len(security.CRAFTED) == 5

@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from mitosis_cli.cli.app import main
-from mitosis_cli.io.activations import read_info, read_split
+from mitosis_cli.io.activations import ActivationFile
 from mitosis_cli.io.checkpoints import load_checkpoint
 from mitosis_cli.io.clone_tables import read_clones, read_clones_summary
 from mitosis_cli.io.ensemble_tables import read_ensemble_table
@@ -72,9 +72,9 @@ def _check_run_dir(run: Path) -> None:
 
 def _check_acts(path: Path) -> None:
     if path.exists():
-        info = read_info(path)
-        for split in info.splits:
-            read_split(path, split)
+        file = ActivationFile(path)
+        for split in file.header.splits:
+            file.split(split)
 
 
 def _check_clones(folder: Path) -> None:
@@ -122,7 +122,8 @@ class Chain:
 
 
 def _compare_run(a: Path, b: Path) -> None:
-    assert_same_state(torch.load(a / "checkpoint.pt", weights_only=True), torch.load(b / "checkpoint.pt", weights_only=True), "checkpoint")
+    assert_same_state(torch.load(a / "checkpoint.pt", weights_only=True), torch.load(b / "checkpoint.pt", weights_only=True),
+                      "checkpoint")
     assert_same_table(a / "history.parquet", b / "history.parquet")
     assert (a / "config.json").read_text() == (b / "config.json").read_text()
 
@@ -184,11 +185,12 @@ def _run_chain(stage: Stage, kills: int, rng: np.random.Generator, root: Path) -
             chain.problems.append(f"{stage.name} run {i} ({kind}): exit {proc.returncode}: {err.decode()[-500:]}")
         try:
             stage.check(stage.target)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of the check is a finding, collected for the report
             chain.problems.append(f"{stage.name} after kill {i} ({attempt}): {type(exc).__name__}: {exc}")
     # Hidden files a kill left beside or inside the output (each stage writes below its own folder).
     chain.leftovers = sorted(str(p.relative_to(root)) for p in (root / stage.name).rglob(".*") if not p.name.endswith(".lock")
-                             and p.name != ".mitosis-report.json" and not any(q.name.startswith(".") for q in p.relative_to(root).parents if q.name))
+                             and p.name != ".mitosis-report.json"
+                             and not any(q.name.startswith(".") for q in p.relative_to(root).parents if q.name))
     return chain
 
 
@@ -207,7 +209,8 @@ def chains(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Stage, F
 
     run_args = ["train", *TINY_TRAIN, "--seed", "1"]
     events = traced([*run_args, "-o", str(ref / "run")], ref)
-    stages.append(Stage("train", [*run_args, "-o", str(work / "train" / "run")], [*run_args, "--resume", "-o", str(work / "train" / "run")],
+    stages.append(Stage("train", [*run_args, "-o", str(work / "train" / "run")],
+                        [*run_args, "--resume", "-o", str(work / "train" / "run")],
                         work / "train" / "run", _check_run_dir, ref / "run", _compare_run, events))
 
     ext_args = ["extract", str(ref / "run"), "--threads", "1", "--quiet", "-o"]
@@ -223,8 +226,10 @@ def chains(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Stage, F
 
     en_args = ["ensemble", *map(str, acts), *TINY_ENSEMBLE, "-o"]
     events = traced([*en_args, str(ref / "ensemble.parquet")], ref)
-    stages.append(Stage("ensemble", [*en_args, str(work / "ensemble" / "ensemble.parquet")], [*en_args, str(work / "ensemble" / "ensemble.parquet")],
-                        work / "ensemble" / "ensemble.parquet", _check_ensemble, ref / "ensemble.parquet", assert_same_table, events))
+    stages.append(Stage("ensemble", [*en_args, str(work / "ensemble" / "ensemble.parquet")],
+                        [*en_args, str(work / "ensemble" / "ensemble.parquet")],
+                        work / "ensemble" / "ensemble.parquet", _check_ensemble, ref / "ensemble.parquet", assert_same_table,
+                        events))
 
     # Two tables, two figures (each ~2 s of matplotlib here): enough for every kind of write of a report.
     tables = [ref / "ensemble.parquet", ref / "run" / "history.parquet"]

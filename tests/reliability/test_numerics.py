@@ -32,7 +32,7 @@ from mitosis_cli.analysis.reconstruction import (
     Moments,
     reconstruction_scores,
 )
-from mitosis_cli.io.activations import read_head, read_split
+from mitosis_cli.io.activations import ActivationFile
 from mitosis_cli.io.clone_tables import read_clones
 
 from .conftest import RunCli, planted_acts, record
@@ -74,7 +74,7 @@ def test_ridge_on_degenerate_layers_is_finite_and_matches_float64(scale: float) 
     # longer regularises (scale >= 1e3) a chunk whose neurons are collinear up to float32 rounding
     # ([0, 1, 10]: x10 = x0 + x1) loses digits. Measured worst case 1e-4; 1e-6 everywhere else.
     tolerance = 1e-6 if scale <= 1 else 2e-4
-    for r2, chunk in zip(scores.r2, chunks):
+    for r2, chunk in zip(scores.r2, chunks, strict=True):
         assert r2 == pytest.approx(ridge_r2_reference(x32.astype(np.float64), chunk, 1e-8), abs=tolerance), (scale, chunk)
     if scale >= 1e-3:  # at 1e-6 the absolute alpha shrinks even the full layer's fit (the reference agrees)
         assert scores.r2[4] == pytest.approx(1.0, abs=1e-6)  # the whole layer
@@ -119,11 +119,11 @@ def test_other_float_types_are_read_as_float32(tmp_path: Path, dtype: str) -> No
     with h5py.File(other) as f:
         assert f["test/features"].dtype == np.dtype(dtype)
         stored = f["test/features"][...]
-    arrays = read_split(other, "test")
-    weight, _ = read_head(other)
+    arrays = ActivationFile(other).split("test")
+    weight, _ = ActivationFile(other).head()
     assert arrays.features.dtype == np.float32 and arrays.logits.dtype == np.float32 and weight.dtype == np.float32
     np.testing.assert_array_equal(arrays.features, stored.astype(np.float32))
-    np.testing.assert_allclose(arrays.features, read_split(ref, "test").features, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(arrays.features, ActivationFile(ref).features("test"), rtol=1e-3, atol=1e-3)
     record("numerics.dtype_cases")
 
 

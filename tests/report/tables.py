@@ -77,13 +77,14 @@ def summary_rows(clone_rows: list[dict], clone_size: float, lo: float, hi: float
     out = []
     groups: dict[tuple, list[float]] = {}
     for row in clone_rows:
-        key = (row["source"], row["arch"], row["dataset"], row["width"], row["seed"], row["split"], row["metric"], row["chunk_size"])
+        key = (row["source"], row["arch"], row["dataset"], row["width"], row["seed"], row["split"], row["metric"],
+               row["chunk_size"])
         groups.setdefault(key, []).append(row["value"])
     for (source, arch, dataset, width, seed, split, metric, size), values in groups.items():
         v = np.array(values)
         out.append({"source": source, "arch": arch, "dataset": dataset, "width": width, "seed": seed, "split": split,
-                    "metric": metric, "chunk_size": size, "mean": v.mean(), "std": v.std(ddof=1), "sem": v.std(ddof=1) / np.sqrt(len(v)),
-                    "n": len(v), "lo": v.min(), "hi": v.max(), "rule": None})
+                    "metric": metric, "chunk_size": size, "mean": v.mean(), "std": v.std(ddof=1),
+                    "sem": v.std(ddof=1) / np.sqrt(len(v)), "n": len(v), "lo": v.min(), "hi": v.max(), "rule": None})
     first = clone_rows[0]
     base = {k: first[k] for k in ("source", "arch", "dataset", "width", "seed")}
     out.append({**base, "split": "test", "metric": "clone_size", "chunk_size": None, "mean": clone_size, "std": None, "sem": None,
@@ -120,15 +121,17 @@ def ensemble_rows(widths: tuple[int, ...] = (64, 128), members: tuple[int, ...] 
         for repeat in range(repeats):
             rows.append({"kind": "wide", "width": width, "members": 1, "repeat": repeat, "split": "test", "metric": "accuracy",
                          "value": 0.965 + rng.normal(0, 0.002)})
-    rows.append({"kind": "error-inf", "width": 64, "members": 32, "repeat": 0, "split": "test", "metric": "error", "value": ERROR_INF})
-    rows.append({"kind": "some-future-kind", "width": 64, "members": 1, "repeat": 0, "split": "test", "metric": "accuracy", "value": 0.5})
+    rows.append({"kind": "error-inf", "width": 64, "members": 32, "repeat": 0, "split": "test", "metric": "error",
+                 "value": ERROR_INF})
+    rows.append({"kind": "some-future-kind", "width": 64, "members": 1, "repeat": 0, "split": "test", "metric": "accuracy",
+                 "value": 0.5})
     return rows
 
 
 def write_rows(path: Path, rows: list[dict], schema: pa.Schema, kind: str, options: dict | None = None) -> Path:
     """Write `rows` as a table of `kind`, with `options` as the command's options in its metadata."""
     table = pa.Table.from_pylist(rows, schema=schema)
-    return write_table(path, table, provenance(kind, [], options or {}))
+    return write_table(path, table, provenance(kind, [], options or {}, ""))
 
 
 def write_history(path: Path, width: int, seed: int, epochs: int = 12, arch: str = "mlp", dataset: str = "mnist5k") -> Path:
@@ -141,7 +144,7 @@ def write_history(path: Path, width: int, seed: int, epochs: int = 12, arch: str
         "test_error": 0.05 + 0.4 * np.exp(-epoch / speed), "seconds": np.full(epochs, 1.5),
     })
     config = {"arch": arch, "dataset": dataset, "width": width, "seed": seed, "epochs": epochs}
-    return write_table(path, table, provenance("history", [], {"config": config, "zero_error_epoch": 4}))
+    return write_table(path, table, provenance("history", [], {"config": config, "zero_error_epoch": 4}, ""))
 
 
 def write_all(folder: Path, widths: tuple[int, ...] = (64, 256), seeds: tuple[int, ...] = (0, 1)) -> dict[str, Path]:

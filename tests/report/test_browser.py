@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from mitosis_cli.report.build import build_report
+from mitosis_cli.stages.report import ReportSettings, run_report
 from tests.report import tables as T
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
                  if p and Path(p).is_file()), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium; CI runs .ci/system-deps)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None,
+                                reason="chromium not installed (apt-get install chromium; CI runs .ci/system-deps)")
 
 # Runs after the load event, i.e. after every image has loaded or failed.
 PROBE = """<script>
@@ -61,7 +62,7 @@ def measure(page: Path, width: int, tmp_path: Path) -> dict:
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
     folder = tmp_path_factory.mktemp("browser")
     tables = T.write_all(folder / "tables", widths=(32,), seeds=(0,))
-    result = build_report(list(tables.values()), folder / "report")
+    result = run_report(ReportSettings(tables=tuple(tables.values()), out=folder / "report"))
     return folder / "report" / "index.html", result.figures
 
 

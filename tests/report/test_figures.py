@@ -42,8 +42,10 @@ def lines(fig: Figure, prefix: str) -> list[Line2D]:
 def raw_mean(rows: list[dict], metric: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chunk sizes, mean and sem over repeats, computed independently of the report code."""
     sizes = sorted({r["chunk_size"] for r in rows if r["metric"] == metric and r["split"] == split})
-    values = [np.array([r["value"] for r in rows if r["metric"] == metric and r["split"] == split and r["chunk_size"] == s]) for s in sizes]
-    return np.array(sizes, float), np.array([v.mean() for v in values]), np.array([v.std(ddof=1) / np.sqrt(len(v)) for v in values])
+    values = [np.array([r["value"] for r in rows if r["metric"] == metric and r["split"] == split and r["chunk_size"] == s])
+              for s in sizes]
+    return (np.array(sizes, float), np.array([v.mean() for v in values]),
+            np.array([v.std(ddof=1) / np.sqrt(len(v)) for v in values]))
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +74,11 @@ def test_panels_plot_every_chunk_size_with_the_tables_values(network) -> None:
     excess = line(fig, "excess_error:test")
     np.testing.assert_allclose(excess.get_xdata(), sizes)
     np.testing.assert_allclose(excess.get_ydata(), mean - T.ERROR_INF)  # error_inf from the summary
-    for gid, metric, split in (("chunk_error:train", "chunk_error", "train"), ("reconstruction_r2:test", "reconstruction_r2", "test"),
+    for gid, metric, split in (("chunk_error:train", "chunk_error", "train"),
+                               ("reconstruction_r2:test", "reconstruction_r2", "test"),
                                ("reconstruction_r2:train->test", "reconstruction_r2", "train->test"),
                                ("residual_abs_corr:test", "residual_abs_corr", "test")):
-        x, y, _ = raw_mean(network["rows"], metric, split)
+        _, y, _ = raw_mean(network["rows"], metric, split)
         plotted = line(fig, gid)
         assert len(plotted.get_xdata()) == len(sizes) == 6  # 4, 8, ..., 128
         np.testing.assert_allclose(plotted.get_ydata(), y)
@@ -100,15 +103,17 @@ def test_guide_decays_as_inverse_square_root_from_the_clone_size(network) -> Non
 def test_without_error_inf_the_raw_test_error_is_shown(network) -> None:
     summary = frame([r for r in network["summary_rows"] if r["metric"] != "error_inf"], T.SUMMARY_SCHEMA)
     fig = F.network_panels(network["key"], network["clones"], summary, None)
-    sizes, mean, _ = raw_mean(network["rows"], "chunk_error", "test")
+    _, mean, _ = raw_mean(network["rows"], "chunk_error", "test")
     np.testing.assert_allclose(line(fig, "chunk_error:test").get_ydata(), mean)
     assert not lines(fig, "excess_error")
 
 
 def test_error_inf_from_the_ensemble_table_of_the_same_width(network) -> None:
     summary = frame([r for r in network["summary_rows"] if r["metric"] != "error_inf"], T.SUMMARY_SCHEMA)
-    ensemble = frame([{"kind": "error-inf", "width": 128, "members": 16, "repeat": 0, "split": "test", "metric": "error", "value": 0.01},
-                      {"kind": "error-inf", "width": 64, "members": 16, "repeat": 0, "split": "test", "metric": "error", "value": 0.3}],
+    ensemble = frame([{"kind": "error-inf", "width": 128, "members": 16, "repeat": 0, "split": "test", "metric": "error",
+                       "value": 0.01},
+                      {"kind": "error-inf", "width": 64, "members": 16, "repeat": 0, "split": "test", "metric": "error",
+                       "value": 0.3}],
                      T.ENSEMBLE_SCHEMA)
     fig = F.network_panels(network["key"], network["clones"], summary, ensemble)
     _, mean, _ = raw_mean(network["rows"], "chunk_error", "test")
@@ -165,7 +170,7 @@ def test_information_imbalance_both_ways_per_network() -> None:
     keys = [("mlp", "mnist5k", 64), ("mlp", "mnist5k", 256)]
     fig = F.information_imbalance(frame(rows, T.CLONES_SCHEMA), frame(summary, T.SUMMARY_SCHEMA), keys)
     for metric in ("ii_chunk_to_full", "ii_full_to_chunk"):
-        for (_, _, width), sizes in zip(keys, (5, 7)):
+        for (_, _, width), sizes in zip(keys, (5, 7), strict=True):
             plotted = line(fig, f"{metric}:mlp:mnist5k:{width}")
             assert len(plotted.get_xdata()) == sizes  # 4..64 and 4..256
             _, mean, _ = raw_mean([r for r in rows if r["width"] == width], metric, "test")
@@ -194,7 +199,8 @@ def test_ensemble_curves_wide_networks_and_error_inf() -> None:
 
 
 def test_ensemble_accuracy_from_error_rows_only() -> None:
-    rows = [r for r in T.ensemble_rows(widths=(32,), members=(1, 2), repeats=2) if r["metric"] == "error" and r["kind"] == "ensemble"]
+    rows = [r for r in T.ensemble_rows(widths=(32,), members=(1, 2), repeats=2)
+            if r["metric"] == "error" and r["kind"] == "ensemble"]
     fig = F.ensemble_accuracy(frame(rows, T.ENSEMBLE_SCHEMA))
     expected = [1 - np.mean([r["value"] for r in rows if r["members"] == m]) for m in (1, 2)]
     np.testing.assert_allclose(line(fig, "ensemble:32").get_ydata(), expected)
@@ -257,7 +263,8 @@ def test_final_networks_are_preferred_to_intermediate_epochs(tmp_path) -> None:
 
 def test_chunk_average_rows_get_their_own_panel() -> None:
     rows = T.ensemble_rows(widths=(64,), members=(1, 2), repeats=2)
-    rows += [{"kind": "chunk-average", "width": w, "members": k, "repeat": 0, "split": "test", "metric": "accuracy", "value": 0.5 + 0.01 * k}
+    rows += [{"kind": "chunk-average", "width": w, "members": k, "repeat": 0, "split": "test", "metric": "accuracy",
+              "value": 0.5 + 0.01 * k}
              for w in (8, 16) for k in (1, 2, 4)]
     fig = F.ensemble_accuracy(frame(rows, T.ENSEMBLE_SCHEMA))
     assert len(fig.axes) == 4
@@ -287,7 +294,8 @@ def test_guide_shows_the_summarys_c_and_no_other(network) -> None:
     np.testing.assert_allclose(y * np.sqrt(x), 0.25, rtol=1e-12)  # the data would give c = 0.4
     assert "c = 0.25 (from summary)" in guide.get_label()
     # A c that a log axis cannot show is said in the legend, not replaced by a c fitted here.
-    negative = frame(network["summary_rows"] + [per_source_row(network["summary_rows"], "excess_error_c", -0.05)], T.SUMMARY_SCHEMA)
+    negative = frame(network["summary_rows"] + [per_source_row(network["summary_rows"], "excess_error_c", -0.05)],
+                     T.SUMMARY_SCHEMA)
     fig = F.network_panels(network["key"], network["clones"], negative, None)
     assert [ln.get_gid() for ln in lines(fig, "guide")] == ["guide-missing"]
     assert "no $c\\,w_c^{-1/2}$ guide: c = -0.05 (from summary)" in legend_text(line(fig, "guide-missing").axes)
@@ -306,7 +314,8 @@ def test_without_c_in_the_table_the_guide_is_the_clones_stage_fit(network) -> No
 def test_title_gives_the_tables_number_of_clones() -> None:
     # Two seeds with clone sizes 8 and 16: the table's mean of W / w_c* is 12, while W / mean(w_c*) would be 10.7.
     rows = [r for seed, clone_size in ((0, 8), (1, 16))
-            for r in T.summary_rows(T.clones_rows(128, clone_size=clone_size, seed=seed, repeats=2), clone_size, clone_size / 2, clone_size * 2)]
+            for r in T.summary_rows(T.clones_rows(128, clone_size=clone_size, seed=seed, repeats=2),
+                                    clone_size, clone_size / 2, clone_size * 2)]
     fig = F.network_panels(("mlp", "mnist5k", 128), None, frame(rows, T.SUMMARY_SCHEMA), None)
     assert "12 clones" in fig._suptitle.get_text()
 
@@ -339,7 +348,8 @@ def test_r2_threshold_line_is_the_one_the_clones_tables_were_made_with(tmp_path)
     for options, value, note in (({"r2_threshold": 0.95}, 0.95, "threshold of $w_c^*$"), ({}, 0.99, "assumed threshold")):
         folder = tmp_path / str(value)
         inputs = load_inputs([T.write_rows(folder / "clones.parquet", rows, T.CLONES_SCHEMA, "clones", options),
-                              T.write_rows(folder / "clones-summary.parquet", summary, T.SUMMARY_SCHEMA, "clones-summary", options)])
+                              T.write_rows(folder / "clones-summary.parquet", summary, T.SUMMARY_SCHEMA, "clones-summary",
+                                           options)])
         threshold = line(F.network_panels(("mlp", "mnist5k", 64), inputs.clones, inputs.summary, None), "r2-threshold")
         np.testing.assert_allclose(threshold.get_ydata(), value)
         assert f"$R^2$ = {value:g}" in threshold.get_label() and note in threshold.get_label()

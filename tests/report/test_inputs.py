@@ -26,7 +26,7 @@ def test_tables_are_sorted_by_kind(tmp_path: Path) -> None:
 
 
 def test_unknown_kinds_are_ignored_not_fatal(tmp_path: Path) -> None:
-    other = write_table(tmp_path / "other.parquet", pa.table({"x": [1]}), provenance("something-new", [], {}))
+    other = write_table(tmp_path / "other.parquet", pa.table({"x": [1]}), provenance("something-new", [], {}, ""))
     history = T.write_history(tmp_path / "history.parquet", 64, 0, epochs=3)
     inputs = load_inputs([other, history])
     assert inputs.ignored == [(other, "something-new")]
@@ -38,8 +38,8 @@ def test_unknown_kinds_are_ignored_not_fatal(tmp_path: Path) -> None:
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_text("epoch,loss\n1,0.5\n"), "not a readable Parquet file"),
     (lambda p: pq.write_table(pa.table({"x": [1, 2]}), p), "not a mitosis table"),
-    (lambda p: write_table(p, pa.Table.from_pylist([], schema=T.ENSEMBLE_SCHEMA), provenance("ensemble", [], {})), "empty"),
-    (lambda p: write_table(p, pa.table({"epoch": [1]}), provenance("history", [], {})), "lacks column(s) train_loss"),
+    (lambda p: write_table(p, pa.Table.from_pylist([], schema=T.ENSEMBLE_SCHEMA), provenance("ensemble", [], {}, "")), "empty"),
+    (lambda p: write_table(p, pa.table({"epoch": [1]}), provenance("history", [], {}, "")), "lacks column(s) train_loss"),
 ])
 def test_bad_tables_are_refused_naming_the_file(tmp_path: Path, make, message: str) -> None:
     path = tmp_path / "bad.parquet"

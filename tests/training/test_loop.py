@@ -8,8 +8,9 @@ import torch
 
 from mitosis_cli.errors import InputError, Preempted
 from mitosis_cli.io.checkpoints import load_checkpoint
+from mitosis_cli.runtime import StopFlag
 from mitosis_cli.training.config import TrainConfig
-from mitosis_cli.training.loop import StopFlag, train_run
+from mitosis_cli.training.loop import train_run
 from mitosis_cli.training.schedule import learning_rate
 
 SMALL = {"dataset": "mnist5k", "train_size": 256, "width": 32, "batch_size": 32, "lr": 0.05, "weight_decay": 5e-4}
@@ -66,7 +67,7 @@ def test_finished_run_is_reused_and_changed_options_refused(tmp_path: Path) -> N
     train_run(cfg, tmp_path / "run")
     assert train_run(cfg, tmp_path / "run").skipped
     other = TrainConfig(**{**SMALL, "width": 64}, epochs=1).resolved()
-    with pytest.raises(InputError, match="different options \\(width\\)"):
+    with pytest.raises(InputError, match="other options \\(width\\)"):
         train_run(other, tmp_path / "run")
     assert not train_run(other, tmp_path / "run", force=True).skipped
 

@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 
 from mitosis_cli.report import style
 from mitosis_cli.report.frame import Curve
 from mitosis_cli.report.select import Estimate
-
-from matplotlib.axes import Axes  # noqa: E402 - after `style`, which selects the Agg backend
 
 CHUNK_AXIS = "chunk size $w_c$ (neurons)"
 WIDTH_AXIS = "width $W$ of the last hidden layer (neurons)"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from mitosis_cli.report import style
 from mitosis_cli.report.figures.draw import distinct_colours, errorbar, log2_axis, no_data
 from mitosis_cli.report.frame import Curve, Frame, curve_from_values
-
-import matplotlib.pyplot as plt  # noqa: E402 - after `style`, which selects the Agg backend
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
 
 def _accuracy_rows(ensemble: Frame, kind: str) -> tuple[Frame, bool]:
@@ -54,7 +53,7 @@ def ensemble_accuracy(ensemble: Frame) -> Figure:
             axes = list(grid)
         ax_members, ax_total = axes[0], axes[1]
         member_widths = ensembles.unique("width")  # sorted
-        colour_of = dict(zip(member_widths, distinct_colours(len(member_widths))))
+        colour_of = dict(zip(member_widths, distinct_colours(len(member_widths)), strict=True))
         members_seen: set[float] = set()
         totals_seen: set[float] = set()
         for (width,), group in ensembles.groups(["width"]):
@@ -67,7 +66,7 @@ def ensemble_accuracy(ensemble: Frame) -> Figure:
             members_seen.update(curve.x.tolist())
             totals_seen.update(total.x.tolist())
         chunk_sizes = chunks.unique("width")
-        chunk_colour = dict(zip(chunk_sizes, style.sequential(len(chunk_sizes))))
+        chunk_colour = dict(zip(chunk_sizes, style.sequential(len(chunk_sizes)), strict=True))
         for index, ((width,), group) in enumerate(chunks.groups(["width"])):
             curve = _accuracy_curve(group, group["members"], chunks_from_error)
             total = Curve(curve.x * width, curve.mean, curve.sem, curve.n)
@@ -101,9 +100,9 @@ def ensemble_accuracy(ensemble: Frame) -> Figure:
         shown = set(ax_members.get_legend_handles_labels()[1])
         for ax, keep in ((ax_members, None), (ax_total, shown)):
             handles, labels = ax.get_legend_handles_labels()
-            pairs = [(h, lab) for h, lab in zip(handles, labels) if keep is None or lab not in keep]
+            pairs = [(h, lab) for h, lab in zip(handles, labels, strict=True) if keep is None or lab not in keep]
             if pairs:
-                ax.legend(*zip(*pairs), loc="lower right")
+                ax.legend(*zip(*pairs, strict=True), loc="lower right")
         panel = iter(axes[2:])
         if len(chunks):
             _chunk_average_panel(next(panel), chunks, chunks_from_error, chunk_colour)

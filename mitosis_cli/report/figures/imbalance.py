@@ -4,34 +4,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
 from mitosis_cli.report import style
 from mitosis_cli.report.figures.draw import chunk_axis, distinct_colours, errorbar, no_data
 from mitosis_cli.report.frame import Curve, Frame
 from mitosis_cli.report.select import NetworkKey, metric_curve, network_label, select_network, source_estimate
 
-import matplotlib.pyplot as plt  # noqa: E402 - after `style`, which selects the Agg backend
-from matplotlib.figure import Figure  # noqa: E402
 
-
-def information_imbalance(clones: Frame, summary: Frame | None, keys: Sequence[NetworkKey]) -> Figure:
+def information_imbalance(clones: Frame | None, summary: Frame | None, keys: Sequence[NetworkKey]) -> Figure:
     """Delta(chunk -> full layer) and Delta(full layer -> chunk) against chunk size, one line per network.
 
     Delta ~ 0: the first space predicts the neighbourhoods of the second; ~ 1: it carries no information.
     """
-    directions = [("ii_chunk_to_full", r"$\Delta$(chunk $\to$ full layer)"), ("ii_full_to_chunk", r"$\Delta$(full layer $\to$ chunk)")]
+    directions = [("ii_chunk_to_full", r"$\Delta$(chunk $\to$ full layer)"),
+                  ("ii_full_to_chunk", r"$\Delta$(full layer $\to$ chunk)")]
     colours = distinct_colours(len(keys))
     with style.report_style():
         fig, axes = plt.subplots(1, 2, figsize=(style.FULL_WIDTH, 2.7), layout="constrained", sharey=True)
         sizes: set[float] = set()
-        for ax, (metric, ylabel) in zip(axes, directions):
-            for key, colour in zip(keys, colours):
+        for ax, (metric, ylabel) in zip(axes, directions, strict=True):
+            for key, colour in zip(keys, colours, strict=True):
                 rows = select_network(clones, key)
                 net_summary = select_network(summary, key)
                 curve = metric_curve(rows, net_summary, metric, "test") or _any_split_curve(rows, net_summary, metric)
                 if curve is None:
                     continue
                 sizes.update(curve.x.tolist())
-                errorbar(ax, curve, f"{metric}:{key[0]}:{key[1]}:{key[2]}", f"{network_label(key)}{_points_note(rows, metric)}", colour)
+                errorbar(ax, curve, f"{metric}:{key[0]}:{key[1]}:{key[2]}",
+                         f"{network_label(key)}{_points_note(rows, metric)}", colour)
                 clone = source_estimate(net_summary, "clone_size")
                 if clone is not None:
                     ax.axvline(clone.value, color=colour, ls="--", lw=0.8, gid=f"clone-size:{key[0]}:{key[1]}:{key[2]}")

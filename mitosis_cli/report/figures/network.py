@@ -3,7 +3,10 @@ residual correlation against chunk size, the clone size marked in each."""
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from mitosis_cli.analysis.clone_size import fit_excess_error
 from mitosis_cli.report import style
@@ -20,10 +23,6 @@ from mitosis_cli.report.select import (
     r2_thresholds,
     source_estimate,
 )
-
-import matplotlib.pyplot as plt  # noqa: E402 - after `style`, which selects the Agg backend
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
 
 def network_panels(key: NetworkKey, clones: Frame | None, summary: Frame | None, ensemble: Frame | None) -> Figure:
@@ -43,7 +42,7 @@ def network_panels(key: NetworkKey, clones: Frame | None, summary: Frame | None,
         _training_error_panel(ax_train, clones, summary, clone)
         _reconstruction_panel(ax_r2, clones, summary, clone)
         _residual_panel(ax_resid, clones, summary, clone)
-        for ax, letter in zip(axes.ravel(), "abcd"):
+        for ax, letter in zip(axes.ravel(), "abcd", strict=True):
             if ax.has_data():
                 chunk_axis(ax, sizes)
             ax.set_title(f"({letter})", loc="left", fontweight="bold")

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from mitosis_cli.report import style
 from mitosis_cli.report.figures.draw import EPOCH_AXIS, distinct_colours, no_data
 from mitosis_cli.report.frame import Frame
 from mitosis_cli.report.select import NetworkKey, chunk_error_curve, metric_curve, network_epochs, network_label, select_network
 
-import matplotlib.pyplot as plt  # noqa: E402 - after `style`, which selects the Agg backend
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
 
 def training_curves(runs: Sequence[tuple[NetworkKey, int | None, Frame]]) -> Figure:
     """Loss and error per epoch, train (solid) and test (dashed), one colour per network; seeds share it."""
     networks = sorted({key for key, _, _ in runs})
-    colour_of = dict(zip(networks, distinct_colours(len(networks))))
+    colour_of = dict(zip(networks, distinct_colours(len(networks)), strict=True))
     with style.report_style():
         fig, (ax_loss, ax_error) = plt.subplots(1, 2, figsize=(style.FULL_WIDTH, 2.7), layout="constrained")
         labelled: set[NetworkKey] = set()
@@ -55,19 +54,19 @@ def metrics_over_training(key: NetworkKey, clones: Frame | None, summary: Frame 
               ("$R^2$ of reconstruction", lambda c, s: metric_curve(c, s, "reconstruction_r2", "test"), "reconstruction_r2:test")]
     with style.report_style():
         fig, axes = plt.subplots(1, 2, figsize=(style.FULL_WIDTH, 2.7), layout="constrained")
-        for ax, (ylabel, curve_of, gid) in zip(axes, panels):
+        for ax, (ylabel, curve_of, gid) in zip(axes, panels, strict=True):
             by_size: dict[float, list[tuple[float, float, float]]] = {}
             for epoch in epochs:
                 curve = curve_of(select_network(clones, key, epoch), select_network(summary, key, epoch))
                 if curve is None:
                     continue
-                for x, mean, sem in zip(curve.x, curve.mean, curve.sem):
+                for x, mean, sem in zip(curve.x, curve.mean, curve.sem, strict=True):
                     by_size.setdefault(float(x), []).append((epoch, mean, sem))
             if not by_size:
                 no_data(ax, ylabel.split(" (")[0])
                 continue
-            for size, colour in zip(sorted(by_size), style.sequential(len(by_size))):
-                e, m, s = (np.array(v) for v in zip(*by_size[size]))
+            for size, colour in zip(sorted(by_size), style.sequential(len(by_size)), strict=True):
+                e, m, s = (np.array(v) for v in zip(*by_size[size], strict=True))
                 container = ax.errorbar(e, m, yerr=s, marker="o", color=colour, label=f"{size:g}", elinewidth=0.8)
                 container.lines[0].set_gid(f"{gid}:{size:g}")
             ax.set_xlabel("epoch of the analysed checkpoint")

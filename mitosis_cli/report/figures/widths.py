@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from mitosis_cli.analysis.clone_size import fit_clone_growth
 from mitosis_cli.report import style
 from mitosis_cli.report.figures.draw import WIDTH_AXIS, no_data
 from mitosis_cli.report.frame import Frame, curve_from_values
-
-import matplotlib.pyplot as plt  # noqa: E402 - after `style`, which selects the Agg backend
-from matplotlib.figure import Figure  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,8 @@ def _summary_growth(summary: Frame, arch: str, dataset: str) -> GrowthLine | Non
     def covers(label: object, name: str) -> bool:  # "mlp" or "mlp,wrn" (a fit over several) or null
         return label is None or label == "all" or name in str(label).split(",")
 
-    family = rows.filter(np.array([covers(a, arch) and covers(d, dataset) for a, d in zip(rows["arch"], rows["dataset"])],
+    family = rows.filter(np.array([covers(a, arch) and covers(d, dataset)
+                                   for a, d in zip(rows["arch"], rows["dataset"], strict=True)],
                                   dtype=bool))
     critical = family.where(metric="critical_width")
     slope = family.where(metric="clones_per_width_slope")

@@ -1,14 +1,12 @@
-"""The demo's plans and its judgement of the paper's claims, on hand-made table rows."""
+"""The paper's claims judged from hand-made clones-summary and ensemble rows (analysis/claims.py)."""
 
-import typer
-
-from mitosis_cli.cli.app import app
-from mitosis_cli.demo import PLANS, PRESETS, Layout, analysis_commands, evaluate_claims, train_commands
+from mitosis_cli.analysis.claims import evaluate_claims
 
 
 def _summary(clone_size: dict[int, float], chunk_acc: dict[int, float], widest: int, crit: float) -> list[dict]:
     rows = [{"metric": "clone_size", "width": w, "mean": c, "split": "test", "chunk_size": None} for w, c in clone_size.items()]
-    rows += [{"metric": "chunk_accuracy", "split": "test", "width": widest, "chunk_size": w, "mean": a} for w, a in chunk_acc.items()]
+    rows += [{"metric": "chunk_accuracy", "split": "test", "width": widest, "chunk_size": w, "mean": a}
+             for w, a in chunk_acc.items()]
     rows.append({"metric": "critical_width", "width": None, "mean": crit, "split": "test", "chunk_size": None})
     return rows
 
@@ -40,41 +38,13 @@ def test_claims_fail_and_say_why() -> None:
     assert a.holds is False and "max/min 4.00" in a.evidence
     assert c.holds is False and "worse by up to 25.0 points" in c.evidence
     assert d.holds is False and d.numbers["gap_points"] < -5
-    assert b.holds is not None
+    assert b.holds is False and b.numbers["growth_ratio"] < 0.5  # 1024/50 clones vs 64/16: the count barely grows
 
 
 def test_claims_cannot_tell_without_data() -> None:
     claims = evaluate_claims([], [])
     assert [c.holds for c in claims] == [None, None, None, None]
     assert all(c.evidence for c in claims)
-
-
-def _parse(argv: list[str]) -> None:
-    """Parse a planned command with the sub-command's own parser (a typo or bad value fails here)."""
-    group = typer.main.get_command(app)
-    command = group.get_command(None, argv[0])
-    command.make_context(argv[0], list(argv[1:]))
-
-
-def test_presets_use_the_paper_hyper_parameters(tmp_path) -> None:
-    layout = Layout(tmp_path)
-    for name in PRESETS:
-        plan = PLANS[name]
-        trains = train_commands(plan, layout, ["--data-dir=/data"], controls=True)
-        for argv in trains + analysis_commands(plan, layout, controls=True):
-            _parse(argv)
-        first = trains[0]
-        for option in ("--lr=0.1", "--weight-decay=5e-4", "--batch-size=128", "--epochs=200", "--lr-min=1e-5",
-                       "--momentum=0.9", "--augment", "--ending=batchnorm", "--data-dir=/data"):
-            assert option in first, (name, option)
-    assert {f"--width={w}" for w in (16, 32, 64, 128, 256, 512)} <= {a for argv in train_commands(PLANS["wrn28-cifar10"], layout) for a in argv}
-    assert all(w % 11 == 0 for w in PLANS["densenet40-cifar100"].widths)
-
-
-def test_every_run_writes_its_own_folder(tmp_path) -> None:
-    plan = PLANS["default"]
-    outs = [a for argv in train_commands(plan, Layout(tmp_path), controls=True) for a in argv if a.startswith("--out=")]
-    assert len(outs) == len(set(outs)) == len(plan.points()) + 2 * len(plan.widths)
 
 
 def test_a_flat_clone_count_is_not_linear_growth() -> None:
