@@ -4,11 +4,12 @@ Layout (format "mitosis-activations", version 1)::
 
     /                  attrs: format, format_version, mitosis_version, created_utc, width, num_classes,
                               dataset, arch, seed, epoch, layer, config (JSON), source_sha256, inputs
-                              (+ shard, shard_rows for a part written by `extract --shard`)
-    /head/weight       float32 (C, W)
-    /head/bias         float32 (C,)
+                              (+ shard, shard_rows for a part written by `extract --shard`;
+                              + class_names (JSON list) when the labels have names)
+    /head/weight       float32 (C, W)   optional (features imported without their network's head)
+    /head/bias         float32 (C,)     with /head/weight
     /<split>/features  float32 (N, W)   row-block chunks
-    /<split>/logits    float32 (N, C)
+    /<split>/logits    float32 (N, C)   always with a head; optional without one
     /<split>/labels    int64   (N,)
 
 `<split>` is ``train`` and/or ``test``. `ActivationHeader` is the one description of the root
@@ -42,7 +43,7 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "test")
 _CHUNK_BYTES = 1 << 20  # ~1 MiB row blocks: cheap to stream, small enough to cache
 
-Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # features, logits, labels
+Batch = tuple[np.ndarray, "np.ndarray | None", np.ndarray]  # features, logits (None in a file without), labels
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class ActivationHeader:
         ``"K/N"`` and split -> [start, stop, total rows] for a part written by ``extract --shard``.
     splits : dict
         Split name -> number of rows (filled from the datasets when read, by the writer when written).
+    class_names : tuple of str
+        The name of each label (e.g. the class folders of an image set); empty when unknown.
+    has_head, has_logits : bool
+        Whether the file holds the trained head (/head) and logits; both are read from the layout.
     """
 
     width: int
@@ -82,6 +87,9 @@ class ActivationHeader:
     splits: Mapping[str, int] = field(default_factory=dict)
     mitosis_version: str = __version__
     created_utc: str = ""
+    class_names: tuple[str, ...] = ()
+    has_head: bool = True
+    has_logits: bool = True
 
     def to_attrs(self) -> dict[str, Any]:
         """The root attributes to write (a new creation time; shard attributes only for a shard)."""
@@ -95,10 +103,13 @@ class ActivationHeader:
         }
         if self.shard:
             attrs |= {"shard": self.shard, "shard_rows": json.dumps(dict(self.shard_rows), sort_keys=True)}
+        if self.class_names:
+            attrs["class_names"] = json.dumps(list(self.class_names))
         return attrs
 
     @classmethod
-    def from_attrs(cls, attrs: Mapping[str, Any], splits: Mapping[str, int], where: str) -> ActivationHeader:
+    def from_attrs(cls, attrs: Mapping[str, Any], splits: Mapping[str, int], where: str, has_head: bool = True,
+                   has_logits: bool = True) -> ActivationHeader:
         """Validate root attributes (decoded to Python values) and build the header.
 
         Raises `InputError` naming `where` and the attribute when one is missing or of the wrong type.
@@ -118,15 +129,20 @@ class ActivationHeader:
         try:
             config = json.loads(attrs.get("config", "{}") or "{}")
             shard_rows = json.loads(attrs.get("shard_rows", "{}") or "{}")
+            names = json.loads(attrs.get("class_names", "[]") or "[]")
         except (json.JSONDecodeError, TypeError):
-            raise InputError(f"{where}: attribute 'config' or 'shard_rows' is not valid JSON") from None
+            raise InputError(f"{where}: attribute 'config', 'shard_rows' or 'class_names' is not valid JSON") from None
         if not isinstance(config, dict) or not isinstance(shard_rows, dict):
             raise InputError(f"{where}: attributes 'config' and 'shard_rows' must hold JSON objects")
+        named = isinstance(names, list) and all(isinstance(n, str) for n in names)
+        if not named or len(names) not in (0, attrs["num_classes"]):
+            raise InputError(f"{where}: attribute 'class_names' must list one name per class ({attrs['num_classes']})")
         text = {key: str(attrs.get(key, default)) for key, default in
                 (("dataset", ""), ("arch", ""), ("layer", ""), ("source_sha256", ""), ("inputs", "data"), ("shard", ""),
                  ("mitosis_version", ""), ("created_utc", ""))}
         return cls(width=attrs["width"], num_classes=attrs["num_classes"], seed=int(attrs.get("seed", -1)),
-                   epoch=int(attrs.get("epoch", -1)), config=config, shard_rows=shard_rows, splits=dict(splits), **text)
+                   epoch=int(attrs.get("epoch", -1)), config=config, shard_rows=shard_rows, splits=dict(splits),
+                   class_names=tuple(names), has_head=has_head, has_logits=has_logits, **text)
 
     def stamp(self) -> Stamp:
         """What an extraction of this file was made from: checkpoint, configuration and controls, splits, shard."""
@@ -139,7 +155,7 @@ class SplitArrays:
     """One split held in memory."""
 
     features: np.ndarray  # (N, W) float32
-    logits: np.ndarray  # (N, C) float32
+    logits: np.ndarray | None  # (N, C) float32; None without a head and without imported logits
     labels: np.ndarray  # (N,) int64
 
 
@@ -172,6 +188,18 @@ def check_split(source: ActivationSource, split: str) -> None:
         raise InputError(f"{source.name}: has no split {split!r} (found: {', '.join(source.header.splits)})")
 
 
+def check_head(source: ActivationSource) -> None:
+    if not source.header.has_head:
+        raise InputError(f"{source.name}: has no head (/head/weight, /head/bias): what reads the trained head "
+                         "(chunk accuracy, the excess error, ensembles) needs it",
+                         hint="import the head too (head_weight, head_bias), or measure what needs no head")
+
+
+def check_logits(source: ActivationSource) -> None:
+    if not source.header.has_logits:
+        raise InputError(f"{source.name}: has no logits (and no head to compute them): ensembles need them")
+
+
 def check_finite(name: str, key: str, block: np.ndarray) -> None:
     if not np.isfinite(block).all():
         raise InputError(f"{name}: /{key} holds NaN or Inf values")
@@ -199,8 +227,10 @@ def _validate(path: Path, h5: h5py.File) -> ActivationHeader:
     attrs = {k: _attr(v) for k, v in h5.attrs.items()}
     width, n_classes = attrs.get("width"), attrs.get("num_classes")
     ActivationHeader.from_attrs(attrs, {}, str(path))  # the attributes first: the shapes below rely on them
-    expected = {"head/weight": (n_classes, width), "head/bias": (n_classes,)}
+    has_head = "head" in h5
+    expected = {"head/weight": (n_classes, width), "head/bias": (n_classes,)} if has_head else {}
     splits: dict[str, int] = {}
+    with_logits = {name for name in SPLITS if name in h5 and isinstance(h5[name], h5py.Group) and "logits" in h5[name]}
     for name in SPLITS:
         if name not in h5:
             continue
@@ -208,7 +238,9 @@ def _validate(path: Path, h5: h5py.File) -> ActivationHeader:
             raise InputError(f"{path}: split {name!r} has no 'features' dataset")
         feats = h5[name]["features"]
         n = feats.shape[0] if isinstance(feats, h5py.Dataset) and feats.ndim == 2 else -1
-        expected.update({f"{name}/features": (n, width), f"{name}/logits": (n, n_classes), f"{name}/labels": (n,)})
+        expected.update({f"{name}/features": (n, width), f"{name}/labels": (n,)})
+        if has_head or with_logits:  # logits in every split, or (without a head) in none
+            expected[f"{name}/logits"] = (n, n_classes)
         splits[name] = n
     if not splits:
         raise InputError(f"{path}: no split found (expected a group named {' or '.join(SPLITS)})")
@@ -224,7 +256,7 @@ def _validate(path: Path, h5: h5py.File) -> ActivationHeader:
     for name, n in splits.items():
         if n < 2:
             raise InputError(f"{path}: split {name!r} has {n} rows; at least 2 are needed")
-    return ActivationHeader.from_attrs(attrs, splits, str(path))
+    return ActivationHeader.from_attrs(attrs, splits, str(path), has_head=has_head, has_logits=bool(with_logits) or has_head)
 
 
 @contextmanager
@@ -268,6 +300,7 @@ class ActivationFile:
 
     def head(self) -> tuple[np.ndarray, np.ndarray]:
         """The head weight (C, W) and bias (C,), float32 and finite."""
+        check_head(self)
         with _opened(self.path) as (h5, _):
             weight, bias = h5["head/weight"][...], h5["head/bias"][...]
         check_finite(self.name, "head/weight", weight)
@@ -284,6 +317,7 @@ class ActivationFile:
     def logits(self, split: str) -> np.ndarray:
         """Logits (N, C) float32, finite."""
         check_split(self, split)
+        check_logits(self)
         with _opened(self.path) as (h5, _):
             logits = h5[f"{split}/logits"][...].astype(np.float32, copy=False)
         check_finite(self.name, f"{split}/logits", logits)
@@ -305,7 +339,8 @@ class ActivationFile:
 
     def split(self, split: str) -> SplitArrays:
         """One split in memory, validated."""
-        return SplitArrays(self.features(split), self.logits(split), self.labels(split))
+        logits = self.logits(split) if self.header.has_logits else None
+        return SplitArrays(self.features(split), logits, self.labels(split))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -330,8 +365,8 @@ def _check_free_space(path: Path, data_bytes: int) -> None:
 def write_activations(
     path: str | os.PathLike[str],
     header: ActivationHeader,
-    head_weight: np.ndarray,
-    head_bias: np.ndarray,
+    head_weight: np.ndarray | None,
+    head_bias: np.ndarray | None,
     splits: Mapping[str, tuple[int, Iterable[Batch]]],
 ) -> Path:
     """Stream batches of each split into a new activation file, atomically.
@@ -342,25 +377,30 @@ def write_activations(
         Target file; written to a temporary file beside it and renamed at the end.
     header : ActivationHeader
         The root attributes (its `splits` is ignored: the rows come from `splits`).
-    head_weight, head_bias : ndarray
-        The trained last linear layer, shapes (C, W) and (C,).
+    head_weight, head_bias : ndarray or None
+        The trained last linear layer, shapes (C, W) and (C,); None for features without their head.
     splits : mapping
-        ``{name: (n_rows, batches)}``; `batches` yields (features, logits, labels) row blocks in order.
+        ``{name: (n_rows, batches)}``; `batches` yields (features, logits, labels) row blocks in order,
+        logits None when `header.has_logits` is false.
     """
     path = Path(path)
     width, n_classes = header.width, header.num_classes
-    if head_weight.shape != (n_classes, width) or head_bias.shape != (n_classes,):
+    if (head_weight is None) != (head_bias is None) or (head_weight is not None and not header.has_logits):
+        raise ValueError("a head needs both weight and bias, and a file with a head holds logits")
+    if head_weight is not None and head_bias is not None and (
+            head_weight.shape != (n_classes, width) or head_bias.shape != (n_classes,)):
         raise ValueError(f"head shapes {head_weight.shape}, {head_bias.shape} do not match C={n_classes}, W={width}")
     _check_free_space(path, sum(n * (4 * (width + n_classes) + 8) for n, _ in splits.values()) + 4 * n_classes * (width + 1))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update(header.to_attrs())
-        h5.create_dataset("head/weight", data=np.asarray(head_weight, dtype=np.float32))
-        h5.create_dataset("head/bias", data=np.asarray(head_bias, dtype=np.float32))
+        if head_weight is not None and head_bias is not None:
+            h5.create_dataset("head/weight", data=np.asarray(head_weight, dtype=np.float32))
+            h5.create_dataset("head/bias", data=np.asarray(head_bias, dtype=np.float32))
         for name, (n_rows, batches) in splits.items():
             grp = h5.create_group(name)
             feats = grp.create_dataset("features", (n_rows, width), np.float32,
                                        chunks=_row_chunk(n_rows, width) if n_rows else None)
-            logits = grp.create_dataset("logits", (n_rows, n_classes), np.float32)
+            logits = grp.create_dataset("logits", (n_rows, n_classes), np.float32) if header.has_logits else None
             labels = grp.create_dataset("labels", (n_rows,), np.int64)
             start = 0
             for f, lg, lb in batches:
@@ -368,7 +408,8 @@ def write_activations(
                 if stop > n_rows:
                     raise ValueError(f"split {name!r}: more rows than the declared {n_rows}")
                 feats[start:stop] = f
-                logits[start:stop] = lg
+                if logits is not None:
+                    logits[start:stop] = lg
                 labels[start:stop] = lb
                 start = stop
             if start != n_rows:

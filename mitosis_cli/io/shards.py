@@ -60,13 +60,14 @@ def merge_shards(parts: Sequence[str | os.PathLike[str]], out: str | os.PathLike
         if position != total:
             raise InputError(f"the shards hold {position} of the {total} rows of {split!r}")
         totals[split] = total
-    weight, bias = first.head()
+    weight, bias = first.head() if first.header.has_head else (None, None)
 
     def stream(split: str) -> Iterator[Batch]:
         for file in ordered:
-            logits, labels = file.logits(split), file.labels(split)  # (N, C) and (N,): small beside the features
+            labels = file.labels(split)  # (N,) and (N, C): small beside the features
+            logits = file.logits(split) if file.header.has_logits else None
             for start, block in zip(range(0, file.header.splits[split], rows), file.iter_blocks(split, rows), strict=True):
-                yield block, logits[start : start + rows], labels[start : start + rows]
+                yield block, None if logits is None else logits[start : start + rows], labels[start : start + rows]
 
     header = dataclasses.replace(first.header, shard="", shard_rows={})
     return write_activations(out, header, weight, bias, {s: (totals[s], stream(s)) for s in first.header.splits})
