@@ -46,6 +46,18 @@ _CHUNK_BYTES = 1 << 20  # ~1 MiB row blocks: cheap to stream, small enough to ca
 Batch = tuple[np.ndarray, "np.ndarray | None", np.ndarray]  # features, logits (None in a file without), labels
 
 
+def network_label(arch: str, width: int, seed: int | None = None, epoch: int | None = None, dataset: str = "") -> str:
+    """A network named by what it is, not by its file: ``mlp-2-batchnorm w512 s0 e100`` (``cifar10`` first when given).
+
+    Unknown parts (a negative seed or epoch, an empty arch) are left out. Printed tables, progress lines,
+    ``--json`` and the report's figures all name networks this way.
+    """
+    parts = [dataset, arch or "network", f"w{width}"]
+    parts += [f"s{seed}"] if seed is not None and seed >= 0 else []
+    parts += [f"e{epoch}"] if epoch is not None and epoch >= 0 else []
+    return " ".join(p for p in parts if p)
+
+
 @dataclass(frozen=True)
 class ActivationHeader:
     """The root attributes of an activation file, and the rows of each split it holds.
@@ -143,6 +155,11 @@ class ActivationHeader:
         return cls(width=attrs["width"], num_classes=attrs["num_classes"], seed=int(attrs.get("seed", -1)),
                    epoch=int(attrs.get("epoch", -1)), config=config, shard_rows=shard_rows, splits=dict(splits),
                    class_names=tuple(names), has_head=has_head, has_logits=has_logits, **text)
+
+    @property
+    def label(self) -> str:
+        """What the network is, for people: ``mlp-2-batchnorm w512 s0 e100`` (see `network_label`)."""
+        return network_label(self.arch, self.width, self.seed, self.epoch)
 
     def stamp(self) -> Stamp:
         """What an extraction of this file was made from: checkpoint, configuration and controls, splits, shard."""
