@@ -19,12 +19,16 @@ trained head, restricted to the chunk, reads it out".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from mitosis_cli.analysis.reconstruction import RIDGE_ALPHA, Moments, ridge_from_moments
+from mitosis_cli.analysis.chunk_regression import RidgeSolver
+from mitosis_cli.analysis.reconstruction import RIDGE_ALPHA, Moments
 
-_GATHER_ELEMENTS = 1 << 22  # gathered (rows x repeats x size) block budget, ~16 MiB of float32
+_GATHER_BYTES = 8 << 20  # gathered (repeats x size x rows) float32 block: stays in the shared L3 cache
 
 
 def one_hot(labels: np.ndarray | torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -33,8 +37,25 @@ def one_hot(labels: np.ndarray | torch.Tensor, num_classes: int) -> torch.Tensor
     return torch.nn.functional.one_hot(lab, num_classes).to(torch.float64)
 
 
+@dataclass(frozen=True)
+class Readout:
+    """Linear readouts of R chunks: logits_r = scale * x[S_r] coef_r + intercept_r, for each scale.
+
+    Attributes
+    ----------
+    coef : tensor (R, s, C) float32
+    intercept : tensor (R, C) float32
+    scales : tuple of float
+        One count per scale (the restricted head: 1, and W / s with ``--rescale``).
+    """
+
+    coef: torch.Tensor
+    intercept: torch.Tensor
+    scales: tuple[float, ...] = (1.0,)
+
+
 def head_readouts(weight: np.ndarray, bias: np.ndarray, chunks: np.ndarray,
-                  rescale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  rescale: bool = False) -> Readout:
     """Readouts of the trained head restricted to each chunk.
 
     Parameters
@@ -46,46 +67,47 @@ def head_readouts(weight: np.ndarray, bias: np.ndarray, chunks: np.ndarray,
     chunks : ndarray (R, s)
         Neuron indices of each chunk.
     rescale : bool
-        Multiply the restricted weights by W / s.
+        Also score the restricted weights times W / s (a second scale).
 
     Returns
     -------
-    coef : tensor (R, s, C)
-        A[:, S_r]^T per chunk (times W / s if `rescale`).
-    intercept : tensor (R, C)
-        b for every chunk.
+    Readout
+        coef A[:, S_r]^T per chunk, (R, s, C); intercept b for every chunk; scales (1,) or (1, W / s).
     """
     a = torch.as_tensor(np.asarray(weight, np.float32))
     idx = torch.as_tensor(np.asarray(chunks, np.int64))
     coef = a.T[idx]  # (R, s, C)
-    if rescale:
-        coef = coef * (a.shape[1] / idx.shape[1])
     intercept = torch.as_tensor(np.asarray(bias, np.float32)).expand(idx.shape[0], -1).clone()
-    return coef, intercept
+    return Readout(coef, intercept, (1.0, a.shape[1] / idx.shape[1]) if rescale else (1.0,))
 
 
-def probe_readouts(moments: Moments, width: int, chunks: np.ndarray,
-                   alpha: float = RIDGE_ALPHA) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_readouts(moments: Moments, width: int, chunks: np.ndarray, alpha: float = RIDGE_ALPHA) -> Readout:
     """Ridge probes from each chunk to one-hot targets, from the moments of [X, Y] (W + C columns).
 
-    Returns (coef (R, s, C), intercept (R, C)) in float32, in the layout of `head_readouts`.
+    B = (S_SS + alpha I)^{-1} S_SY and c = mu_Y - B^T mu_S per chunk (one Cholesky factor of s x s each);
+    returned in float32, in the layout of `head_readouts`.
     """
-    targets = torch.arange(width, moments.dim, device=moments.scatter.device)
-    fits: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # the same set (e.g. size W): one fit
+    scatter = moments.scatter
+    targets = torch.arange(width, moments.dim, device=scatter.device)
+    fits: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}  # the same set (e.g. size W): one fit
     coefs, intercepts = [], []
     for chunk in np.asarray(chunks, np.int64):
-        key = tuple(chunk.tolist())
+        key = chunk.tobytes()
         if key not in fits:
-            ridge = ridge_from_moments(moments, chunk, alpha, targets)
-            fits[key] = (ridge.coef, ridge.intercept)
+            idx = torch.as_tensor(chunk, device=scatter.device)
+            rows = scatter.index_select(0, idx)
+            gram = rows.index_select(1, idx)
+            gram.diagonal().add_(alpha)
+            coef = RidgeSolver(gram, alpha).solve(rows.index_select(1, targets))
+            fits[key] = (coef, moments.mean.index_select(0, targets) - coef.T @ moments.mean.index_select(0, idx))
         coefs.append(fits[key][0])
         intercepts.append(fits[key][1])
-    return torch.stack(coefs).float(), torch.stack(intercepts).float()
+    return Readout(torch.stack(coefs).float(), torch.stack(intercepts).float())
 
 
 def count_correct(features: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, chunks: np.ndarray,
-                  coef: torch.Tensor, intercept: torch.Tensor) -> np.ndarray:
-    """Number of rows whose argmax of x[S_r] coef_r + intercept_r equals the label, for each chunk r.
+                  readouts: Sequence[Readout]) -> list[np.ndarray]:
+    """Number of rows whose argmax of each chunk's logits equals the label, for several readouts at once.
 
     Parameters
     ----------
@@ -95,35 +117,48 @@ def count_correct(features: np.ndarray | torch.Tensor, labels: np.ndarray | torc
         Their labels.
     chunks : ndarray (R, s)
         Neuron indices.
-    coef, intercept : tensors (R, s, C), (R, C)
-        Readouts (`head_readouts`, `probe_readouts`).
+    readouts : sequence of Readout
+        Readouts of these chunks (`head_readouts`, `probe_readouts`); they share one gather of the data.
 
     Returns
     -------
-    ndarray of int64, shape (R,)
+    list of ndarray of int64, shape (len(scales), R), one per readout
 
     Notes
     -----
-    Small chunks gather X[:, S_r] for a group of repeats (cost n s R C); large ones multiply X by a
-    W x (R C) readout that is zero outside each chunk (cost n W R C, but one GEMM).
+    The block is transposed once (W x n), so gathering a chunk's neurons copies whole rows of length n;
+    the chunks' logits come from one batched GEMM of the gathered (R, s, n) block with the readouts'
+    stacked (R, C_total, s) weights: n s C_total multiply-adds per chunk, the arithmetic the metric
+    needs. Identical chunks (every chunk of size W) are computed once.
     """
-    device = coef.device
-    x = torch.as_tensor(features).to(device, torch.float32)
+    device = readouts[0].coef.device
+    xt = torch.as_tensor(features).to(device, torch.float32).T.contiguous()  # (W, n)
     y = torch.as_tensor(labels).to(device, torch.int64)
-    idx = torch.as_tensor(np.asarray(chunks, np.int64), device=device)
-    n, width = x.shape
+    idx_all = np.asarray(chunks, np.int64)
+    position: dict[bytes, int] = {}
+    first: list[int] = []  # the first chunk of each distinct set
+    back = np.empty(len(idx_all), np.int64)  # each chunk's distinct set
+    for i, row in enumerate(idx_all):
+        back[i] = position.setdefault(row.tobytes(), len(first))
+        if back[i] == len(first):
+            first.append(i)
+    idx = torch.as_tensor(idx_all[first], device=device)
     repeats, size = idx.shape
-    classes = coef.shape[2]
-    correct = torch.zeros(repeats, dtype=torch.int64, device=device)
-    if 8 * size > width:  # dense masked readout
-        dense = torch.zeros(width, repeats, classes, dtype=torch.float32, device=device)
-        dense[idx, torch.arange(repeats, device=device)[:, None]] = coef
-        logits = (x @ dense.reshape(width, repeats * classes)).reshape(n, repeats, classes) + intercept
-        return (logits.argmax(2) == y[:, None]).sum(0).cpu().numpy()
-    group = max(1, _GATHER_ELEMENTS // max(1, n * size))
+    n = xt.shape[1]
+    weights = torch.cat([r.coef[first] for r in readouts], dim=2).transpose(1, 2).contiguous()  # (R', K, s)
+    counts = [torch.zeros(len(r.scales), repeats, dtype=torch.int64, device=device) for r in readouts]
+    group = max(1, _GATHER_BYTES // (4 * max(1, n * size)))
     for start in range(0, repeats, group):
         sel = slice(start, start + group)
-        gathered = x[:, idx[sel]].permute(1, 0, 2)  # (g, n, s)
-        logits = torch.bmm(gathered, coef[sel]) + intercept[sel][:, None, :]
-        correct[sel] = (logits.argmax(2) == y[None, :]).sum(1)
-    return correct.cpu().numpy()
+        gathered = xt.index_select(0, idx[sel].reshape(-1)).view(-1, size, n)  # (g, s, n)
+        products = torch.bmm(weights[sel], gathered)  # (g, K, n)
+        offset = 0
+        for r, readout in enumerate(readouts):
+            classes = readout.coef.shape[2]
+            part = products[:, offset : offset + classes, :]
+            offset += classes
+            intercept = readout.intercept[first][sel][:, :, None]
+            for k, scale in enumerate(readout.scales):
+                logits = part + intercept if scale == 1.0 else torch.addcmul(intercept, part, torch.tensor(scale))
+                counts[r][k, sel] = (logits.argmax(1) == y).sum(1)
+    return [c.cpu().numpy()[:, back] for c in counts]

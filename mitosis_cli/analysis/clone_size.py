@@ -58,12 +58,13 @@ def crossing_size(sizes: np.ndarray, curve: np.ndarray, threshold: float) -> flo
 
 @dataclass(frozen=True)
 class CloneSize:
-    """Clone size estimate w_c* with its interval and the rule that produced it."""
+    """Clone size estimate w_c* with its interval, the rule that produced it and whether it was determined."""
 
     value: float
     lo: float
     hi: float
     rule: str
+    status: str = "ok"
 
 
 def clone_size(sizes: np.ndarray, mean_r2: np.ndarray, sem_r2: np.ndarray, threshold: float = 0.99) -> CloneSize:
@@ -93,15 +94,22 @@ def clone_size(sizes: np.ndarray, mean_r2: np.ndarray, sem_r2: np.ndarray, thres
         return top if np.isnan(w) else w
 
     rule = f"smallest size with mean R^2 >= {threshold:g} (log2-interpolated); interval: mean +/- sem crossings"
-    return CloneSize(cross(m), cross(m + e), cross(m - e), rule)
+    value = cross(m)
+    status = "ok"
+    if np.isnan(crossing_size(s, m, threshold)):
+        status = f"undetermined: mean R^2 stays below {threshold:g} up to the largest size; w_c* set to {top:g}"
+    elif value <= float(s.min()):
+        status = f"at most the smallest size: mean R^2 already reaches {threshold:g} at {float(s.min()):g}"
+    return CloneSize(value, cross(m + e), cross(m - e), rule, status)
 
 
 @dataclass(frozen=True)
 class CloneGrowth:
-    """Number of clones vs width: n(W) = max(1, 1 + slope (W - critical_width))."""
+    """Number of clones vs width: n(W) = max(1, 1 + slope (W - critical_width)), and how well determined."""
 
     critical_width: float
     slope: float
+    status: str = "ok"
 
 
 def fit_clone_growth(widths: np.ndarray, n_clones: np.ndarray) -> CloneGrowth:
@@ -111,6 +119,9 @@ def fit_clone_growth(widths: np.ndarray, n_clones: np.ndarray) -> CloneGrowth:
     (W - W_c) above it. For each candidate W_c the slope is the closed-form least-squares value over the
     widths above W_c (clamped at 0); W_c is scanned on a fine grid over [0, max W) and the pair with the
     least squared error is kept.
+
+    The status says "undetermined" when fewer than three distinct widths lie above the critical width
+    (two points always fit a line) or when the slope is 0.
 
     Raises
     ------
@@ -130,7 +141,15 @@ def fit_clone_growth(widths: np.ndarray, n_clones: np.ndarray) -> CloneGrowth:
     slope = np.clip((above * excess).sum(1) / np.where(denom > 0, denom, 1.0), 0.0, None)
     sse = ((excess[None, :] - slope[:, None] * above) ** 2).sum(1)
     best = int(np.argmin(sse))
-    return CloneGrowth(float(candidates[best]), float(slope[best]))
+    critical, rate = float(candidates[best]), float(slope[best])
+    widths_above = int(np.unique(w[w > critical]).size)
+    if rate <= 0:
+        status = "undetermined: the number of clones does not grow with the width (slope 0)"
+    elif widths_above < 3:
+        status = f"undetermined: fewer than three widths above the critical width ({widths_above})"
+    else:
+        status = "ok"
+    return CloneGrowth(critical, rate, status)
 
 
 def fit_excess_error(sizes: np.ndarray, mean_error: np.ndarray, error_inf: float, clone_size_value: float) -> float:

@@ -17,10 +17,15 @@ and with the Cholesky factor L L^T = S_SS + alpha I and Z = L^{-1} S_SW the resi
 
     R^T R = S_WW - Z^T Z - alpha B^T B                           (exact),
 
-so the in-sample residual sum of squares is tr(S) - ||Z||_F^2 - alpha ||B||_F^2. The residual covariance
-used for the correlations is the Schur complement S_cc - Z_c^T Z_c over the neurons c outside the chunk
-(it leaves out the O(alpha) term alpha B_c^T B_c). Neurons inside the chunk are excluded from the
-correlations: they reconstruct themselves, and their residuals are O(alpha) numbers with no meaning.
+so the in-sample residual sum of squares is tr(S) - ||Z||_F^2 - alpha ||B||_F^2. The residual
+correlations come from the block of R^T R over the neurons c outside the chunk (the Schur complement
+S_cc - Z_c^T Z_c minus the O(alpha) term alpha B_c^T B_c). The per-chunk linear algebra, and how it is
+kept near the machine's arithmetic limit, is in `chunk_regression`.
+
+Two residual correlations are reported. Ours excludes the chunk's own neurons: they reconstruct
+themselves, and their residuals are O(alpha) numbers with no meaning. The paper's (its code's `mean_corr`)
+averages over all W neurons, chunk included, with a regularised denominator; its values are roughly
+ours times m (m - 1) / (W (W - 1)), m = W - s, so the two must not be compared with each other.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mitosis_cli.analysis.chunk_regression import _DEGENERATE, ChunkRegression, OutOfSample
+
 RIDGE_ALPHA = 1e-8  # the paper's ridge penalty
-_DEGENERATE = 1e-10  # residual variance below this fraction of a neuron's variance: perfectly reconstructed
 
 
 @dataclass(frozen=True)
@@ -146,38 +152,6 @@ def ridge_from_moments(moments: Moments, chunk: np.ndarray | torch.Tensor, alpha
     return RidgeFactor(z, coef, intercept)
 
 
-def _residual_correlations(moments: Moments, chunk: torch.Tensor, z: torch.Tensor) -> tuple[float, float]:
-    """Mean |off-diagonal correlation| and RMS off-diagonal correlation of the residuals outside the chunk.
-
-    The residual variances (diagonal of the Schur complement) come first, from column norms of Z, so
-    the correlation matrix D (S_cc - Z_c^T Z_c) D = D S_cc D - (Z_c D)^T (Z_c D) is built in one gather,
-    one scaling and one GEMM.
-    """
-    width = moments.dim
-    outside = torch.ones(width, dtype=torch.bool, device=z.device)
-    outside[chunk] = False
-    rest = outside.nonzero().squeeze(1)
-    z_rest = z.index_select(1, rest)
-    total_var = moments.scatter.diagonal().index_select(0, rest)
-    var = total_var - torch.linalg.vector_norm(z_rest, dim=0).square()
-    keep = var > _DEGENERATE * total_var
-    if not bool(keep.all()):
-        rest, z_rest, var = rest[keep], z_rest[:, keep], var[keep]
-    m = int(rest.shape[0])
-    if m < 2:
-        return float("nan"), float("nan")
-    inv_sd = var.rsqrt()
-    z_rest = z_rest * inv_sd
-    corr = moments.scatter[rest[:, None], rest[None, :]]
-    corr.mul_(torch.outer(inv_sd, inv_sd))
-    corr.addmm_(z_rest.T, z_rest, alpha=-1.0)
-    diag = corr.diagonal()
-    pairs = m * (m - 1)
-    abs_sum = torch.linalg.vector_norm(corr, ord=1) - diag.abs().sum()
-    sq_sum = torch.linalg.vector_norm(corr).square() - diag.square().sum()
-    return float(abs_sum) / pairs, float(sq_sum.clamp_min(0.0).sqrt()) / np.sqrt(pairs)
-
-
 @dataclass(frozen=True)
 class ReconstructionScores:
     """Per-chunk scores, one entry per row of the chunk array.
@@ -187,11 +161,17 @@ class ReconstructionScores:
     r2 : ndarray (R,)
         In-sample variance-weighted R^2 on the data of `moments` (the paper's measure on the test set).
     residual_abs_corr : ndarray (R,)
-        Mean |off-diagonal correlation| of the residuals of the neurons outside the chunk; NaN when
-        fewer than two such neurons have non-zero residual variance.
+        Mean |off-diagonal correlation| of the residuals of the m neurons outside the chunk, over the
+        m (m - 1) ordered pairs; NaN when fewer than two such neurons have non-zero residual variance.
     residual_frob_corr : ndarray (R,)
         ||C - I||_F / sqrt(m (m - 1)) for the same m x m residual correlation matrix C (the RMS
         off-diagonal correlation).
+    residual_abs_corr_paper : ndarray (R,)
+        The paper's "mean correlation" (Doimo et al. 2022, their code's ``mean_corr``): with cov the
+        (N - 1)-normalised covariance of the residuals of all W neurons,
+        ``mean over i > j of |cov_ij| / (sqrt(cov_ii cov_jj) + 1e-8)``. The chunk's own residuals
+        are O(alpha) (zero without the ridge); their pairs count with correlation 0, where the paper's
+        float32 code divides rounding noise by 1e-8. About ``residual_abs_corr * m (m - 1) / (W (W - 1))``.
     r2_out_of_sample : ndarray (R,) or None
         R^2 of the ridge fitted on `fit` (train) and scored on `moments` (test), when `fit` is given.
     """
@@ -199,25 +179,8 @@ class ReconstructionScores:
     r2: np.ndarray
     residual_abs_corr: np.ndarray
     residual_frob_corr: np.ndarray
+    residual_abs_corr_paper: np.ndarray
     r2_out_of_sample: np.ndarray | None
-
-
-def _out_of_sample_rss(test: Moments, chunk: torch.Tensor, coef: torch.Tensor, fit_mean: torch.Tensor) -> float:
-    """sum over test rows of ||x - B^T (x_S - mu_S) - mu||^2 with (B, mu) from the fit split.
-
-    With d = x - mu and D = sum_test d d^T = S_test + n_test delta delta^T (delta = mu_test - mu),
-    the sum is tr(D) - 2 tr(B^T D_SW) + tr(B^T D_SS B): test moments suffice.
-    """
-    delta = test.mean - fit_mean
-    delta_s = delta.index_select(0, chunk)
-    n = test.n
-    cross = test.scatter.index_select(0, chunk)  # S_test,SW
-    gram = cross.index_select(1, chunk)
-    coef_t_delta = coef.T @ delta_s  # B^T delta_S, (W,)
-    trace_d = torch.trace(test.scatter) + n * delta.dot(delta)
-    trace_bd = (coef * cross).sum() + n * coef_t_delta.dot(delta)
-    trace_bdb = (coef * (gram @ coef)).sum() + n * coef_t_delta.dot(coef_t_delta)
-    return float(trace_d - 2.0 * trace_bd + trace_bdb)
 
 
 def reconstruction_scores(
@@ -241,7 +204,7 @@ def reconstruction_scores(
     alpha : float
         Ridge penalty on the centred Gram matrix (the paper: 1e-8).
     correlations : bool
-        Compute the residual correlations (a (W - s)^2 step per chunk).
+        Compute the residual correlations (a (W - s)^2 s step per chunk).
 
     Returns
     -------
@@ -252,38 +215,28 @@ def reconstruction_scores(
     -----
     In-sample: R^2 = 1 - (tr S - ||Z||_F^2 - alpha ||B||_F^2) / tr S with Z = L^{-1} S_SW.
     Out of sample: the test residual sum of squares of the train fit comes from the test moments
-    (see `_out_of_sample_rss`); the denominator is the test total sum of squares around the test mean,
-    as in ``sklearn.metrics.r2_score(..., multioutput="variance_weighted")``.
+    (`chunk_regression.OutOfSample`); the denominator is the test total sum of squares around the
+    test mean, as in ``sklearn.metrics.r2_score(..., multioutput="variance_weighted")``.
     """
-    rows = [np.asarray(c, dtype=np.int64) for c in chunks]
-    keys = [tuple(np.sort(c).tolist()) for c in rows]
-    first_of: dict[tuple[int, ...], int] = {}
-    for i, key in enumerate(keys):
-        first_of.setdefault(key, i)
+    rows = [np.sort(np.asarray(c, dtype=np.int64)) for c in chunks]
+    first_of: dict[bytes, int] = {}
     device = moments.scatter.device
-    total = float(torch.trace(moments.scatter))
-    r2 = np.full(len(rows), np.nan)
-    abs_corr = np.full(len(rows), np.nan)
-    frob_corr = np.full(len(rows), np.nan)
-    r2_oos = np.full(len(rows), np.nan) if fit is not None else None
+    engine = ChunkRegression(moments.scatter, moments.n, alpha)
+    oos = (OutOfSample(fit.scatter, fit.mean, moments.scatter, moments.mean, moments.n, alpha)
+           if fit is not None else None)
+    columns = np.full((len(rows), 5), np.nan)  # r2, abs, frob, paper, r2 out of sample
     for i, chunk in enumerate(rows):
-        j = first_of[keys[i]]
+        j = first_of.setdefault(chunk.tobytes(), i)
         if j != i:  # the same set of neurons as an earlier chunk: same numbers
-            r2[i], abs_corr[i], frob_corr[i] = r2[j], abs_corr[j], frob_corr[j]
-            if r2_oos is not None:
-                r2_oos[i] = r2_oos[j]
+            columns[i] = columns[j]
             continue
         idx = torch.as_tensor(chunk, device=device)
-        ridge = ridge_from_moments(moments, idx, alpha)
-        rss = total - float(torch.linalg.vector_norm(ridge.z)) ** 2 - alpha * float(torch.linalg.vector_norm(ridge.coef)) ** 2
-        r2[i] = 1.0 - rss / total
-        if correlations:
-            abs_corr[i], frob_corr[i] = _residual_correlations(moments, idx, ridge.z)
-        del ridge
-        if fit is not None and r2_oos is not None:
-            coef = ridge_from_moments(fit, idx, alpha).coef  # Z is not needed out of sample: dropped at once
-            r2_oos[i] = 1.0 - _out_of_sample_rss(moments, idx, coef, fit.mean) / total
-    return ReconstructionScores(r2, abs_corr, frob_corr, r2_oos)
+        sc = engine.scores(idx, correlations)
+        columns[i, :4] = (sc.r2, sc.residual_abs_corr, sc.residual_frob_corr, sc.residual_abs_corr_paper)
+        if oos is not None:
+            columns[i, 4] = 1.0 - oos.rss(idx) / engine.total
+    return ReconstructionScores(columns[:, 0], columns[:, 1], columns[:, 2], columns[:, 3],
+                                columns[:, 4] if fit is not None else None)
 
 
 class ResidualShape:

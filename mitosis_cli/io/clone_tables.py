@@ -6,7 +6,9 @@ clones.parquet (kind "clones"), one row per measured value:
     value (float64), n_points, k (int64, null where they do not apply).
 clones-summary.parquet (kind "clones-summary"):
     source, arch, dataset, width, seed, epoch, split, metric, chunk_size (null for per-source rows),
-    mean, std, sem (float64), n (int64), lo, hi (float64, null where n/a), rule (str, null where n/a).
+    mean, std, sem (float64), n (int64), lo, hi (float64, null where n/a), rule (str, null where n/a),
+    status (str: "ok" or what leaves a fitted number undetermined; the word of a `regime` row; null for
+    plain means). Tables written before `status` existed read with a null one.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ SUMMARY_SCHEMA = pa.schema([
     ("source", pa.string()), ("arch", pa.string()), ("dataset", pa.string()), ("width", pa.int64()),
     ("seed", pa.int64()), ("epoch", pa.int64()), ("split", pa.string()), ("metric", pa.string()),
     ("chunk_size", pa.int64()), ("mean", pa.float64()), ("std", pa.float64()), ("sem", pa.float64()), ("n", pa.int64()),
-    ("lo", pa.float64()), ("hi", pa.float64()), ("rule", pa.string()),
+    ("lo", pa.float64()), ("hi", pa.float64()), ("rule", pa.string()), ("status", pa.string()),
 ])
 _NOT_NULL = {
     CLONES_KIND: ("source", "width", "split", "metric", "chunk_size", "repeat"),
@@ -89,5 +91,8 @@ def read_clones(path: str | os.PathLike[str]) -> tuple[pa.Table, dict[str, Any]]
 
 
 def read_clones_summary(path: str | os.PathLike[str]) -> tuple[pa.Table, dict[str, Any]]:
-    """Read and validate a clones-summary.parquet."""
-    return read_table(path, SUMMARY_KIND, SUMMARY_SCHEMA.names)
+    """Read and validate a clones-summary.parquet (one without the `status` column gets a null one)."""
+    table, meta = read_table(path, SUMMARY_KIND, [name for name in SUMMARY_SCHEMA.names if name != "status"])
+    if "status" not in table.column_names:
+        table = table.append_column("status", pa.nulls(table.num_rows, pa.string()))
+    return table, meta

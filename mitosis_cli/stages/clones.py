@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from mitosis_cli.analysis import accuracy, reconstruction
 from mitosis_cli.analysis import chunks as chunking
+from mitosis_cli.analysis.collapse import collapse_diagnostics
 from mitosis_cli.analysis.information_imbalance import chunk_information_imbalances
 from mitosis_cli.analysis.reconstruction import RIDGE_ALPHA
 from mitosis_cli.errors import InputError
@@ -33,15 +34,18 @@ from mitosis_cli.io.atomic import output_lock
 from mitosis_cli.io.clone_tables import clones_table, read_clones, read_clones_summary, write_clone_tables
 from mitosis_cli.io.ensemble_tables import read_error_inf
 from mitosis_cli.io.stamp import Decision, Stamp, decide
-from mitosis_cli.io.tables import input_records, provenance, table_stamp
+from mitosis_cli.io.tables import input_records, provenance, read_table, table_stamp
 from mitosis_cli.runtime import pick_device, return_freed_memory_to_os, set_threads
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
 from mitosis_cli.stages.clone_summary import MeasuredNetwork, NetworkClones, networks_from_summary, summarize_clones
 
-DIAGNOSTIC_REPEATS = 3  # chunks per size whose residual shape is measured (a pass over the data each)
+DIAGNOSTIC_REPEATS = 3  # chunks per size whose residual shape is measured (in one more pass over the data)
 DIAGNOSTIC_TARGETS = 128  # neurons outside the chunk whose residuals are tested
 BLOCK_BYTES = 8 << 20  # float32 rows streamed at a time
 CLONES_TABLE, SUMMARY_TABLE = "clones.parquet", "clones-summary.parquet"
+# What the tables hold: 2 added the paper's residual correlation, collapse diagnostics, regimes and statuses,
+# so tables of protocol 1 are not taken for current ones.
+PROTOCOL = 2
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class CloneSettings(StageSettings):
         return {"sizes": list(self.sizes) if self.sizes else None, "repeats": self.repeats, "acc_repeats": self.acc_repeats,
                 "seed": self.seed, "rescale": self.rescale, "r2_threshold": self.r2_threshold,
                 "ii_points": self.ii_points, "ii_k": self.ii_k, "error_inf": self.error_inf, "ridge_alpha": RIDGE_ALPHA,
-                "diagnostics": [DIAGNOSTIC_REPEATS, DIAGNOSTIC_TARGETS]}
+                "diagnostics": [DIAGNOSTIC_REPEATS, DIAGNOSTIC_TARGETS], "protocol": PROTOCOL}
 
 
 @dataclass(frozen=True)
@@ -147,34 +151,42 @@ def _labelled_blocks(source: ActivationSource, split: str) -> Any:
         start += len(block)
 
 
+def _head_readouts(source: ActivationSource, cfg: CloneSettings, chunks: dict[int, np.ndarray],
+                   device: Any) -> dict[int, list[accuracy.Readout]]:
+    """The trained head restricted to each chunk (with its W / s rescaling), or nothing without a head."""
+    if not source.header.has_head:
+        return {s: [] for s in chunks}
+    weight, bias = source.head()
+    readouts = {s: accuracy.head_readouts(weight, bias, c, cfg.rescale) for s, c in chunks.items()}
+    return {s: [accuracy.Readout(r.coef.to(device), r.intercept.to(device), r.scales)] for s, r in readouts.items()}
+
+
 def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, on_step: OnStep) -> tuple[_Rows, MeasuredNetwork]:
-    """All per-chunk measurements of one network."""
+    """All per-chunk measurements of one network: two passes over its splits (one more for the residual shape)."""
     import torch
 
     header = source.header
     width, classes = header.width, header.num_classes
     sizes = list(cfg.sizes or chunking.default_sizes(width))
-    weight, bias = source.head()
     draws = {s: chunking.draw_chunks(width, s, max(cfg.repeats, cfg.acc_repeats), cfg.seed) for s in sizes}
     acc_chunks = {s: d[: cfg.acc_repeats] for s, d in draws.items()}
     reg_chunks = {s: d[: cfg.repeats] for s, d in draws.items()}
+    splits = [s for s in ("train", "test") if s in header.splits]  # train first: the probe is fitted on it
     main = "test" if "test" in header.splits else "train"
     identity = {"source": source.name, "arch": header.arch, "dataset": header.dataset, "width": width,
                 "seed": header.seed, "epoch": header.epoch}
     out = _Rows(identity)
-    task = Path(source.name).name
+    task = header.label
     done = 0
-
-    steps = len(header.splits) + 3  # one pass per split, then R^2, the second pass, Information Imbalance
+    steps = len(splits) + 3  # one pass per split, then R^2, the residual shape, Information Imbalance
 
     def step(status: str) -> None:
         nonlocal done
         done += 1
         on_step(Progress(task, done, steps, status))
 
-    scalings = [False, True] if cfg.rescale else [False]
-    readouts = {(s, rescaled): tuple(t.to(device) for t in accuracy.head_readouts(weight, bias, acc_chunks[s], rescaled))
-                for s in sizes for rescaled in scalings}
+    head = _head_readouts(source, cfg, acc_chunks, device)
+    probes: dict[int, accuracy.Readout] = {}
     moments: dict[str, reconstruction.Moments] = {}
     ii_rows: np.ndarray | None = None
     x_ii: np.ndarray | None = None
@@ -183,24 +195,37 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
         n_ii = min(cfg.ii_points, n_main)
         ii_rows = np.sort(np.random.default_rng([cfg.seed, n_main]).choice(n_main, n_ii, replace=False))
         x_ii = np.empty((n_ii, width), np.float32)
-    for split in [s for s in ("train", "test") if s in header.splits]:
+    for split in splits:
         acc = reconstruction.MomentAccumulator(width + classes, device)
-        correct = {key: np.zeros(cfg.acc_repeats, np.int64) for key in readouts}
+        readouts = {s: head[s] + ([probes[s]] if split == "test" and probes else []) for s in sizes}
+        correct = {s: [np.zeros((len(r.scales), cfg.acc_repeats), np.int64) for r in readouts[s]] for s in sizes}
         for block, labels, start in _labelled_blocks(source, split):
             x = torch.from_numpy(block).to(device)
             acc.update(torch.cat([x, accuracy.one_hot(labels, classes).to(device, torch.float32)], dim=1))
-            for (s, rescaled), (coef, intercept) in readouts.items():
-                correct[(s, rescaled)] += accuracy.count_correct(x, labels, acc_chunks[s], coef, intercept)
+            for s in sizes:
+                if readouts[s]:
+                    for total, count in zip(correct[s], accuracy.count_correct(x, labels, acc_chunks[s], readouts[s]),
+                                            strict=True):
+                        total += count
             if split == main and ii_rows is not None and x_ii is not None:
                 inside = (ii_rows >= start) & (ii_rows < start + len(block))
                 x_ii[inside] = block[ii_rows[inside] - start]
         moments[split] = acc.result()
-        for (s, rescaled), count in correct.items():
-            frac = count / header.splits[split]
-            suffix = "_rescaled" if rescaled else ""
-            out.add(split, f"chunk_accuracy{suffix}", s, frac)
-            out.add(split, f"chunk_error{suffix}", s, 1.0 - frac)
-        step(f"{split}: moments and chunk accuracy")
+        rows = header.splits[split]
+        for s in sizes:
+            counts = iter(correct[s])
+            if head[s]:
+                for scaled, count in zip(("", "_rescaled"), next(counts), strict=False):
+                    out.add(split, f"chunk_accuracy{scaled}", s, count / rows)
+                    out.add(split, f"chunk_error{scaled}", s, 1.0 - count / rows)
+            if split == "test" and probes:
+                count = next(counts)[0]
+                out.add("train->test", "probe_accuracy", s, count / rows)
+                out.add("train->test", "probe_error", s, 1.0 - count / rows)
+        if split == "train" and "test" in header.splits:
+            probes = {s: accuracy.probe_readouts(moments["train"], width, acc_chunks[s]) for s in sizes}
+            probes = {s: accuracy.Readout(p.coef.to(device), p.intercept.to(device)) for s, p in probes.items()}
+        step(f"{split}: moments, chunk and probe accuracy")
 
     layer = moments[main].leading(width)
     fit = moments["train"].leading(width) if main == "test" and "train" in moments else None
@@ -209,32 +234,24 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
         out.add(main, "reconstruction_r2", s, scores.r2)
         out.add(main, "residual_abs_corr", s, scores.residual_abs_corr)
         out.add(main, "residual_frob_corr", s, scores.residual_frob_corr)
+        out.add(main, "residual_abs_corr_paper", s, scores.residual_abs_corr_paper)
         if scores.r2_out_of_sample is not None:
             out.add("train->test", "reconstruction_r2", s, scores.r2_out_of_sample)
     step("reconstruction R^2 and residual correlations")
 
-    # second pass over the main split: probe accuracy (fitted on train) and the residuals' shape
-    probes = {s: accuracy.probe_readouts(moments["train"], width, acc_chunks[s]) for s in sizes} if fit is not None else {}
+    # one more pass over the main split: the residuals' shape needs the residuals themselves
     diag_chunks = [(s, r, c) for s in sizes for r, c in enumerate(reg_chunks[s][:DIAGNOSTIC_REPEATS]) if s < width - 1]
     shape = reconstruction.ResidualShape(
         layer, [c for _, _, c in diag_chunks],
         [chunking.sample_outside(width, c, DIAGNOSTIC_TARGETS, cfg.seed + r) for _, r, c in diag_chunks])
-    probe_correct = {s: np.zeros(cfg.acc_repeats, np.int64) for s in probes}
-    for block, labels, _ in _labelled_blocks(source, main):
-        x = torch.from_numpy(block).to(device)
-        shape.update(x)
-        for s, (coef, intercept) in probes.items():
-            probe_correct[s] += accuracy.count_correct(x, labels, acc_chunks[s], coef, intercept)
-    for s, count in probe_correct.items():
-        frac = count / n_main
-        out.add("train->test", "probe_accuracy", s, frac)
-        out.add("train->test", "probe_error", s, 1.0 - frac)
+    for block in source.iter_blocks(main, rows=max(64, BLOCK_BYTES // (4 * width))):
+        shape.update(torch.from_numpy(block).to(device))
     diag = shape.result()
     for name in ("abs_skew", "abs_excess_kurtosis", "abs_sq_corr"):
         for s in sizes:
             picked = [i for i, (size, _, _) in enumerate(diag_chunks) if size == s]
             out.add(main, f"residual_{name}", s, diag[name][picked])
-    step("probe accuracy and residual shape")
+    step("residual shape")
 
     if x_ii is not None:
         for s in sizes:
@@ -242,7 +259,10 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
             out.add(main, "ii_chunk_to_full", s, deltas[:, 0], n_points=len(x_ii), k=cfg.ii_k)
             out.add(main, "ii_full_to_chunk", s, deltas[:, 1], n_points=len(x_ii), k=cfg.ii_k)
     step("information imbalance")
-    return out, MeasuredNetwork(identity, main, tuple(sizes))
+    collapse = {split: collapse_diagnostics(m.scatter, m.mean, m.n, width) for split, m in moments.items()}
+    skipped = () if header.has_head else tuple(m + suffix for m in ("chunk_accuracy", "chunk_error")
+                                               for suffix in ("", "_rescaled") if suffix == "" or cfg.rescale)
+    return out, MeasuredNetwork(identity, main, tuple(sizes), collapse, skipped)
 
 
 def check_sources(sources: Sequence[ActivationSource], settings: CloneSettings) -> None:
@@ -253,6 +273,12 @@ def check_sources(sources: Sequence[ActivationSource], settings: CloneSettings) 
         too_big = [s for s in settings.sizes or () if s > source.header.width]
         if too_big:
             raise InputError(f"{source.name}: chunk size {too_big[0]} is larger than the layer width W={source.header.width}")
+
+
+def network_order(source: ActivationSource) -> tuple[Any, ...]:
+    """How tables list networks: by data set, architecture, width, seed (then epoch and name), never by file name."""
+    h = source.header
+    return (h.dataset, h.arch, h.width, h.seed, h.epoch, source.name)
 
 
 def measure_clones(sources: Sequence[ActivationSource], settings: CloneSettings = CloneSettings(),
@@ -277,15 +303,29 @@ def measure_clones(sources: Sequence[ActivationSource], settings: CloneSettings 
     device = pick_device(settings.device)
     columns: dict[str, list[Any]] = {}
     measured = []
-    for source in sources:
+    for source in sorted(sources, key=network_order):
         rows, network = _measure_network(source, settings, device, on_step)
         for key, column in rows.columns.items():
             columns.setdefault(key, []).extend(column)
         measured.append(network)
     clones = clones_table(columns)
-    summary = summarize_clones(clones, measured, settings.r2_threshold, settings.error_inf)
+    summary = summarize_clones(clones, measured, settings.r2_threshold, settings.error_inf, _error_inf_source(settings))
     networks, growth = networks_from_summary(summary)
     return CloneTables(clones, summary, networks, growth)
+
+
+def _error_inf_source(settings: CloneSettings) -> str:
+    """Where error_inf came from, for the summary's status: given, or the members of the ensemble table's row."""
+    if settings.error_inf is None:
+        return ""
+    if settings.ensemble is None:
+        return "given (--error-inf)"
+    table, _ = read_table(settings.ensemble, "ensemble", ("kind", "split"))
+    members = [r.get("members") for r in table.to_pylist() if r["kind"] == "error-inf" and r["split"] == "test"]
+    members = [m for m in members if m is not None]
+    if members and max(members) <= 1:
+        return f"from one member only ({settings.ensemble}): the error of one network, not of a large ensemble"
+    return f"ensemble of {max(members)} networks ({settings.ensemble})" if members else f"from {settings.ensemble}"
 
 
 @dataclass(frozen=True)

@@ -24,18 +24,17 @@ def _data(seed: int, n: int = 200, width: int = 32, classes: int = 5):
 def test_restricted_head_matches_brute_force(size: int, rescale: bool) -> None:
     x, labels, weight, bias = _data(0)
     chunks = draw_chunks(32, size, 7, seed=1)
-    coef, intercept = head_readouts(weight, bias, chunks, rescale)
-    got = count_correct(x, labels, chunks, coef, intercept)
-    scale = 32 / size if rescale else 1.0
-    expected = [int((np.argmax(scale * x[:, c] @ weight[:, c].T + bias, axis=1) == labels).sum()) for c in chunks]
-    np.testing.assert_array_equal(got, expected)
+    got = count_correct(x, labels, chunks, [head_readouts(weight, bias, chunks, rescale)])[0]
+    for row, scale in zip(got, [1.0, 32 / size] if rescale else [1.0], strict=True):
+        expected = [int((np.argmax(scale * (x[:, c] @ weight[:, c].T) + bias, axis=1) == labels).sum()) for c in chunks]
+        np.testing.assert_array_equal(row, expected)
 
 
 def test_whole_layer_head_is_the_network() -> None:
     x, labels, weight, bias = _data(1)
     chunks = np.arange(32)[None, :]
-    coef, intercept = head_readouts(weight, bias, chunks)
-    assert count_correct(x, labels, chunks, coef, intercept)[0] == (np.argmax(x @ weight.T + bias, 1) == labels).sum()
+    got = count_correct(x, labels, chunks, [head_readouts(weight, bias, chunks)])[0][0]
+    assert got[0] == (np.argmax(x @ weight.T + bias, 1) == labels).sum()
 
 
 def test_probe_matches_sklearn_ridge_on_one_hot() -> None:
@@ -44,11 +43,11 @@ def test_probe_matches_sklearn_ridge_on_one_hot() -> None:
     targets = one_hot(labels, 4).numpy()
     moments = Moments.of(np.concatenate([x.astype(np.float64), targets], axis=1))
     chunks = draw_chunks(20, 6, 5, seed=0)
-    coef, intercept = probe_readouts(moments, 20, chunks, alpha=1e-8)
-    got = count_correct(x_test, labels_test, chunks, coef, intercept)
+    probe = probe_readouts(moments, 20, chunks, alpha=1e-8)
+    got = count_correct(x_test, labels_test, chunks, [probe])[0][0]
     for r, chunk in enumerate(chunks):
         model = Ridge(alpha=1e-8).fit(x[:, chunk].astype(np.float64), targets)
-        np.testing.assert_allclose(coef[r].numpy(), model.coef_.T, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(probe.coef[r].numpy(), model.coef_.T, rtol=1e-4, atol=1e-5)
         assert got[r] == (np.argmax(model.predict(x_test[:, chunk]), 1) == labels_test).sum()
 
 

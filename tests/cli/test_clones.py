@@ -16,6 +16,7 @@ from mitosis_cli.io.clone_tables import read_clones, read_clones_summary
 from mitosis_cli.io.tables import provenance, write_table
 
 FAST = ["--repeats", "6", "--acc-repeats", "10", "--device", "cpu", "--quiet"]
+REGIMES = {"collapsed", "noisy-clones", "no-clones"}
 
 
 def _rows(table: pa.Table, **where: object) -> pa.Table:
@@ -85,7 +86,12 @@ def test_default_run_writes_every_metric_and_skips_a_rerun(acts_factory, capsys)
     np.testing.assert_allclose(full, acc)
     summary, _ = read_clones_summary(path.parent / "clones-summary.parquet")
     per_source = _rows(summary, chunk_size=None)
-    assert set(per_source["metric"].to_pylist()) == {"clone_size", "n_clones"}
+    assert set(per_source["metric"].to_pylist()) == {"clone_size", "n_clones", "top_share", "participation_ratio", "nc1",
+                                                     "regime"}
+    fits = _rows(summary, metric="clone_size")
+    assert fits["status"].to_pylist() == ["ok"] and _rows(summary, metric="regime")["status"][0].as_py() in REGIMES
+    assert set(_rows(summary, metric="top_share")["split"].to_pylist()) == {"train", "test"}
+    assert _rows(summary, metric="reconstruction_r2")["status"].null_count == len(_rows(summary, metric="reconstruction_r2"))
     mean_r2 = _rows(summary, metric="reconstruction_r2", split="test", chunk_size=8)
     assert mean_r2["mean"][0].as_py() == pytest.approx(np.mean(r2["value"].to_numpy()))
     assert mean_r2["n"][0].as_py() == 40

@@ -30,7 +30,8 @@ def _summary_cols() -> dict:
     return {"source": ["a.h5", "all"], "arch": ["mlp", "mlp"], "dataset": ["d", "d"], "width": [64, None],
             "seed": [0, None], "epoch": [100, None], "split": ["test", "test"], "metric": ["clone_size", "critical_width"],
             "chunk_size": [None, None], "mean": [30.0, 40.0], "std": [None, None], "sem": [None, None], "n": [40, 3],
-            "lo": [28.0, None], "hi": [33.0, None], "rule": ["r", "h"]}
+            "lo": [28.0, None], "hi": [33.0, None], "rule": ["r", "h"],
+            "status": ["ok", "undetermined: fewer than three widths above the critical width (2)"]}
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -43,8 +44,16 @@ def test_round_trip(tmp_path: Path) -> None:
     assert back["n_points"].to_pylist() == [None, 100] and back["value"].to_pylist()[0] == 0.5
     s_back, s_meta = read_clones_summary(tmp_path / "clones-summary.parquet")
     assert s_meta["kind"] == "clones-summary" and s_back["width"].to_pylist() == [64, None]
+    assert s_back["status"].to_pylist() == _summary_cols()["status"]
     with pytest.raises(InputError, match="expected 'clones'"):
         read_clones(tmp_path / "clones-summary.parquet")
+
+
+def test_a_summary_from_before_the_status_column_reads_with_a_null_one(tmp_path: Path) -> None:
+    old = summary_table(_summary_cols()).drop_columns(["status"])
+    write_table(tmp_path / "clones-summary.parquet", old, provenance("clones-summary", [], {}, ""))
+    back, _ = read_clones_summary(tmp_path / "clones-summary.parquet")
+    assert back.column_names == SUMMARY_SCHEMA.names and back["status"].to_pylist() == [None, None]
 
 
 def test_validation() -> None:

@@ -1,0 +1,281 @@
+"""The per-chunk linear algebra behind `reconstruction.reconstruction_scores`, near the hardware's limit.
+
+For a chunk S of s neurons (m = W - s outside it, c), with the centred scatter S of the scored split and
+G = S_SS + alpha I, the ridge reconstruction of every neuron from the chunk has coefficients
+B = G^{-1} S_SW, and with Z = L^{-1} S_SW (L L^T = G)
+
+    R^T R = S - Z^T Z - alpha B^T B = S - (S_SW + alpha B)^T B        (exact residual scatter),
+
+since Z^T Z = S_WS G^{-1} S_SW = S_WS B. The in-sample residual sum of squares is tr S - sum_j
+s_j^T b_j - alpha ||B||_F^2. The work that depends on the chunk is a Cholesky factor (s^3 / 3
+multiply-adds), one solve with m right-hand sides (two triangular solves, s^2 m) and the (m x m)
+residual block R_cc = S_cc - (S_Sc + alpha B_c)^T B_c: a rank-s update of m^2 / 2 entries (its lower
+triangle), which is where the residual correlations live.
+
+The residual block is formed and reduced in row blocks that stay in the processor's cache, lower
+triangle only (it is symmetric), so each chunk reads S_cc once from memory and never holds an m x m
+matrix. For small chunks (s <= W / 4) the block is taken over all W neurons in their own order (no
+gather of S_cc; the chunk's own rows are masked out of the sums); for larger ones over the m outside
+neurons (gathered), where the complement saves more arithmetic than the gather costs.
+
+The out-of-sample R^2 (ridge fitted on another split, the train split, scored on this one) needs the
+coefficients of the m outside neurons only: those of the chunk's own are I - alpha G^{-1} (`OutOfSample`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_DEGENERATE = 1e-10  # residual variance below this fraction of a neuron's variance: perfectly reconstructed
+PAPER_EPSILON = 1e-8  # the paper's regulariser of the correlation's denominator, in covariance units
+_BLOCK_BYTES = 4 << 20  # a row block of the residual matrix: stays in the shared L3 cache
+_GATHER_ABOVE = 0.25  # chunks larger than this fraction of W work on the gathered complement
+
+
+@dataclass(frozen=True)
+class ChunkScores:
+    """What one chunk's in-sample fit gives (see `reconstruction.ReconstructionScores` for the meaning)."""
+
+    r2: float
+    residual_abs_corr: float
+    residual_frob_corr: float
+    residual_abs_corr_paper: float
+
+
+class RidgeSolver:
+    """Solves with G = S_SS + alpha I of one chunk: G^{-1} X and G^{-1} itself.
+
+    By its Cholesky factor; when G is not numerically positive definite (collinear neurons at a large
+    scale), by its eigendecomposition with eigenvalues floored at rounding level, as
+    `reconstruction.ridge_from_moments` does (exactly every eigenvalue is >= alpha).
+    """
+
+    def __init__(self, gram: torch.Tensor, alpha: float) -> None:
+        factor, info = torch.linalg.cholesky_ex(gram)
+        self.cholesky = int(info) == 0
+        if self.cholesky:
+            self.factor = factor
+        else:
+            lam, q = torch.linalg.eigh(gram)
+            self.lam = lam.clamp_min(max(alpha, float(lam.max()) * lam.shape[0] * torch.finfo(lam.dtype).eps))
+            self.q = q
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        if self.cholesky:
+            return torch.cholesky_solve(rhs, self.factor)
+        return self.q @ ((self.q.T @ rhs) / self.lam[:, None])
+
+    def inverse(self) -> torch.Tensor:
+        if self.cholesky:
+            return torch.cholesky_inverse(self.factor)
+        return (self.q / self.lam) @ self.q.T
+
+
+class _PairSums:
+    """Sums over the strict lower triangle of a symmetric residual scatter matrix R, block by block.
+
+    - ``abs``: sum |R_ij| u_i u_j and ``sq``: sum R_ij^2 u_i^2 u_j^2, with u = 1 / sqrt(R_ii) on the kept
+      neurons (0 elsewhere): our mean and RMS correlation;
+    - ``paper``: sum |R_ij| / (d_i d_j + e) over the neurons outside the chunk, d = sqrt(R_ii): the paper's.
+
+    The paper's weights are not a product u_i u_j, but when t = e / (d_i d_j) <= `SERIES_BOUND` for every
+    pair they are the alternating series sum_k (-e)^k (u_i u_j)^(k+1), u = 1 / d, truncated after
+    `SERIES_TERMS` terms (relative error <= t^SERIES_TERMS < 1e-14): then one product of |R| with the
+    columns [u_kept, u, u^2, ..., u^K] gives every sum of a block in one pass over it. Otherwise (tiny
+    residual variances next to e) the weights are formed and divided entry by entry.
+    """
+
+    SERIES_BOUND = 0.004
+    SERIES_TERMS = 6
+
+    def __init__(self, u: torch.Tensor, d: torch.Tensor, e: float) -> None:
+        self.abs = self.sq = self.paper = 0.0
+        self.u, self.d, self.e = u, d, e
+        finite = d > 0
+        self.series = d.numel() > 0 and bool(finite.all()) and e / float(d.min()) ** 2 <= self.SERIES_BOUND
+        if self.series:
+            inv = d.reciprocal()
+            powers = inv[:, None] ** torch.arange(1, self.SERIES_TERMS + 1, dtype=d.dtype, device=d.device)
+            self.columns = torch.cat([u[:, None], powers], dim=1)  # (m, 1 + K)
+            self.signs = (-e) ** torch.arange(self.SERIES_TERMS, dtype=d.dtype, device=d.device)
+
+    def add(self, block: torch.Tensor, rows: slice, cols: slice, weight: float) -> None:
+        """Add a block of R (targets `rows` x `cols`), each pair counted `weight` times (1/2 on the diagonal)."""
+        block.abs_()
+        u_rows = self.u[rows]
+        if self.series:
+            sums = block @ self.columns[cols]  # (rows, 1 + K)
+            self.abs += weight * float(u_rows @ sums[:, 0])
+            self.paper += weight * float(((self.columns[rows, 1:] * sums[:, 1:]).sum(0) * self.signs).sum())
+        else:
+            self.abs += weight * float(u_rows @ (block @ self.u[cols]))
+            self.paper += weight * float((block / torch.outer(self.d[rows], self.d[cols]).add_(self.e)).sum())
+        block.square_()
+        self.sq += weight * float(u_rows.square() @ (block @ self.u[cols].square()))
+
+    def remove_half_diagonal(self, values: torch.Tensor, rows: slice) -> None:
+        """Remove the half of the diagonal terms that a diagonal block added with weight 1/2."""
+        a, u, d = values.abs(), self.u[rows], self.d[rows]
+        self.abs -= 0.5 * float((a * u.square()).sum())
+        self.paper -= 0.5 * float((a / (d.square() + self.e)).sum())
+        self.sq -= 0.5 * float((a.square() * u.pow(4)).sum())
+
+
+class ChunkRegression:
+    """In-sample R^2 and residual correlations of ridge reconstructions from chunks of one split's moments.
+
+    Parameters
+    ----------
+    scatter : tensor (W, W) float64
+        Centred scatter matrix of the split (N times its biased covariance).
+    n : int
+        Rows N of the split (the paper's correlation uses covariances with N - 1).
+    alpha : float
+        Ridge penalty.
+    """
+
+    def __init__(self, scatter: torch.Tensor, n: int, alpha: float) -> None:
+        self.s = scatter
+        self.n = n
+        self.alpha = alpha
+        self.width = int(scatter.shape[0])
+        self.diag = scatter.diagonal()
+        self.total = float(self.diag.sum())
+        self.e = PAPER_EPSILON * max(n - 1, 1)  # the paper's 1e-8, in scatter units
+
+    def scores(self, chunk: torch.Tensor, correlations: bool = True) -> ChunkScores:
+        """In-sample R^2 of the ridge from `chunk` (sorted int64 indices) to all W neurons; the correlations."""
+        s, w, alpha = int(chunk.numel()), self.width, self.alpha
+        rows = self.s.index_select(0, chunk)
+        gram = rows.index_select(1, chunk)
+        gram.diagonal().add_(alpha)
+        solver = RidgeSolver(gram, alpha)
+        if solver.cholesky and s > _GATHER_ABOVE * w:
+            # the m outside neurons only; the chunk's own columns have B_S = I - alpha G^-1, so
+            # ||Z_S||^2 = <S_SS, B_S> = tr S_SS - alpha s + alpha^2 tr G^-1 and ||B_S||^2 in closed form
+            outside = torch.ones(w, dtype=torch.bool, device=chunk.device)
+            outside[chunk] = False
+            targets: torch.Tensor | None = outside.nonzero().squeeze(1)
+            cross = rows.index_select(1, targets)
+            ginv = solver.inverse()
+            tr_ginv = float(ginv.trace())
+            z_inside = float(gram.trace()) - 2 * alpha * s + alpha**2 * tr_ginv
+            b_inside = s - 2 * alpha * tr_ginv + alpha**2 * float(ginv.square().sum())
+            del ginv
+        else:  # all W neurons in their own order; the chunk's rows are masked out of the correlations
+            targets, cross = None, rows
+            z_inside = b_inside = 0.0
+        del rows
+        coef = solver.solve(cross)  # B_t = G^{-1} S_St
+        z_col = (cross * coef).sum(0)  # ||z_j||^2 = s_j^T G^{-1} s_j
+        b_col = coef.square().sum(0)
+        rss = self.total - (z_inside + float(z_col.sum())) - alpha * (b_inside + float(b_col.sum()))
+        r2 = 1.0 - rss / self.total
+        if not correlations:
+            return ChunkScores(r2, float("nan"), float("nan"), float("nan"))
+        left = cross.add_(coef, alpha=alpha)  # R_tt = S_tt - (S_St + alpha B_t)^T B_t, exact
+        diag_t = self.diag if targets is None else self.diag.index_select(0, targets)
+        var = diag_t - z_col - alpha * b_col  # R_jj
+        outside_mask = torch.ones_like(var, dtype=torch.bool)
+        if targets is None:
+            outside_mask[chunk] = False
+        kept = outside_mask & (var > _DEGENERATE * diag_t)
+        u = torch.where(kept, var.clamp_min(torch.finfo(var.dtype).tiny).rsqrt(), torch.zeros_like(var))
+        d = torch.where(outside_mask, var.clamp_min(0.0).sqrt(), torch.ones_like(var))  # the chunk's rows are zeroed
+        sums = self._lower_triangle(targets, None if targets is not None else chunk, left, coef, u, d)
+        m_kept = int(kept.sum())
+        pairs = m_kept * (m_kept - 1)
+        today = (2 * sums.abs / pairs, float(np.sqrt(max(2 * sums.sq, 0.0) / pairs))) if m_kept >= 2 else (float("nan"),) * 2
+        paper = sums.paper / (w * (w - 1) / 2) if w >= 2 else float("nan")
+        return ChunkScores(r2, today[0], today[1], paper)
+
+    def _lower_triangle(self, targets: torch.Tensor | None, chunk: torch.Tensor | None, left: torch.Tensor,
+                        right: torch.Tensor, u: torch.Tensor, d: torch.Tensor) -> _PairSums:
+        """Form R = S_tt - left^T right in cache-sized row blocks (lower triangle) and reduce each block.
+
+        Over all neurons (`targets` None), the chunk's own rows and columns are zeroed: its residuals
+        are O(alpha) and count as 0 (see `reconstruction.ReconstructionScores`).
+        """
+        m = int(u.shape[0])
+        rows = max(32, _BLOCK_BYTES // (8 * max(m, 1)))
+        sums = _PairSums(u, d, self.e)
+        inside = chunk.cpu().numpy() if chunk is not None else None
+        for r0 in range(0, m, rows):
+            r1 = min(m, r0 + rows)
+            if targets is None:
+                block = torch.addmm(self.s[r0:r1, :r1], left[:, r0:r1].T, right[:, :r1], alpha=-1.0)
+            else:
+                block = self.s.index_select(0, targets[r0:r1]).index_select(1, targets[:r1])
+                block.addmm_(left[:, r0:r1].T, right[:, :r1], alpha=-1.0)
+            if inside is not None:
+                cols = torch.as_tensor(inside[inside < r1], device=block.device)
+                here = torch.as_tensor(inside[(inside >= r0) & (inside < r1)] - r0, device=block.device)
+                block.index_fill_(1, cols, 0.0).index_fill_(0, here, 0.0)
+            diag_values = block[:, r0:r1].diagonal().clone()
+            if r0 > 0:
+                sums.add(block[:, :r0], slice(r0, r1), slice(0, r0), 1.0)
+            sums.add(block[:, r0:r1], slice(r0, r1), slice(r0, r1), 0.5)
+            sums.remove_half_diagonal(diag_values, slice(r0, r1))
+        return sums
+
+
+class OutOfSample:
+    """Test residual sums of squares of ridge fits made on another split, from both splits' moments.
+
+    For the fit's ridge from chunk S (G = S_fit,SS + alpha I, B = G^{-1} S_fit,SW) and d = x - mu_fit
+    on the test rows, with D = sum_test d d^T = S_test + n delta delta^T (delta = mu_test - mu_fit):
+
+        rss = tr D - 2 <B, D_SW> + <B, D_SS B>.
+
+    The chunk's own columns have B_S = I - alpha G^{-1} in closed form, which leaves
+
+        rss = tr D_cc - 2 <B_c, D_Sc> + <B_c, D_SS B_c> + alpha^2 <G^{-1}, D_SS G^{-1}>
+
+    over the m neurons c outside the chunk: one Cholesky solve with m right-hand sides (s^2 m) and one
+    GEMM (s^2 m). (A trace form with S_fit^2 precomputed would cost s^3, but squaring the scatter
+    squares its condition number: 1e-7 errors in R^2 on near-collapsed layers.)
+
+    Parameters
+    ----------
+    fit_scatter, fit_mean : tensors (W, W), (W,)
+        Moments of the split the ridge is fitted on (train).
+    test_scatter, test_mean, test_n : tensors (W, W), (W,), int
+        Moments of the split it is scored on (test).
+    alpha : float
+        Ridge penalty.
+    """
+
+    def __init__(self, fit_scatter: torch.Tensor, fit_mean: torch.Tensor, test_scatter: torch.Tensor,
+                 test_mean: torch.Tensor, test_n: int, alpha: float) -> None:
+        delta = test_mean - fit_mean
+        self.fit = fit_scatter
+        self.d = torch.addr(test_scatter, delta, delta, alpha=float(test_n))  # sum_test (x - mu_fit)(x - mu_fit)^T
+        self.trace_d = float(self.d.trace())
+        self.alpha = alpha
+        self.width = int(fit_scatter.shape[0])
+
+    def rss(self, chunk: torch.Tensor) -> float:
+        """sum_test ||x - B^T (x_S - mu_S) - mu||^2 for the fit's ridge from `chunk` (sorted int64 indices)."""
+        alpha, s, w = self.alpha, int(chunk.numel()), self.width
+        fit_rows = self.fit.index_select(0, chunk)
+        gram = fit_rows.index_select(1, chunk)
+        gram.diagonal().add_(alpha)
+        d_rows = self.d.index_select(0, chunk)
+        d_ss = d_rows.index_select(1, chunk)
+        solver = RidgeSolver(gram, alpha)
+        if s <= _GATHER_ABOVE * w:  # small chunks: B over all W columns, rss = tr D - 2 <B, D_SW> + <B, D_SS B>
+            coef = solver.solve(fit_rows)
+            return self.trace_d - 2.0 * float((coef * d_rows).sum()) + float((coef * (d_ss @ coef)).sum())
+        outside = torch.ones(w, dtype=torch.bool, device=chunk.device)
+        outside[chunk] = False
+        rest = outside.nonzero().squeeze(1)
+        coef = solver.solve(fit_rows.index_select(1, rest))  # B_c
+        d_sc = d_rows.index_select(1, rest)
+        del fit_rows, d_rows
+        ginv = solver.inverse()
+        trace_dcc = self.trace_d - float(d_ss.trace())
+        own = alpha**2 * float((ginv * (d_ss @ ginv)).sum())  # the chunk's own neurons: residual alpha G^-1 d_S
+        return trace_dcc - 2.0 * float((coef * d_sc).sum()) + float((coef * (d_ss @ coef)).sum()) + own
