@@ -164,9 +164,8 @@ class ChunkRegression:
             tr_ginv = float(ginv.trace())
             z_inside = float(gram.trace()) - 2 * alpha * s + alpha**2 * tr_ginv
             b_inside = s - 2 * alpha * tr_ginv + alpha**2 * float(ginv.square().sum())
-            del ginv
         else:  # all W neurons in their own order; the chunk's rows are masked out of the correlations
-            targets, cross = None, rows
+            targets, cross, ginv = None, rows, None
             z_inside = b_inside = 0.0
         del rows
         coef = solver.solve(cross)  # B_t = G^{-1} S_St
@@ -189,15 +188,43 @@ class ChunkRegression:
         m_kept = int(kept.sum())
         pairs = m_kept * (m_kept - 1)
         today = (2 * sums.abs / pairs, float(np.sqrt(max(2 * sums.sq, 0.0) / pairs))) if m_kept >= 2 else (float("nan"),) * 2
-        paper = sums.paper / (w * (w - 1) / 2) if w >= 2 else float("nan")
+        if targets is None:
+            ginv = solver.inverse()
+            coef, d = coef[:, outside_mask], d[outside_mask]
+        paper_pairs = w * (w - 1) / 2
+        assert ginv is not None  # both paths have it by now
+        own = self._chunk_pairs(ginv, coef, d, paper_pairs)
+        paper = (sums.paper + own) / paper_pairs if w >= 2 else float("nan")
         return ChunkScores(r2, today[0], today[1], paper)
+
+    def _chunk_pairs(self, ginv: torch.Tensor, coef: torch.Tensor, d: torch.Tensor, pairs: float) -> float:
+        """The paper's sum over the pairs with a chunk neuron: residuals alpha X_S G^-1, so that
+
+            R_Sc = alpha^2 G^-1 B_c,   R_SS = alpha^2 (G^-1 - alpha G^-2),
+
+        O(alpha^2) numbers that matter only for tiny residual variances next to the paper's 1e-8. Skipped
+        when sum |R_ij| / e, bounded by (sqrt(s m) ||B_c||_F + s / 2) alpha^2 ||G^-1||_F / e, is below
+        1e-12 of the number of pairs (the mean moves by less than 1e-12).
+        """
+        alpha, e = self.alpha, self.e
+        s, m = coef.shape
+        ginv_f = float(torch.linalg.matrix_norm(ginv))
+        bound = (np.sqrt(s * m) * float(torch.linalg.matrix_norm(coef)) + s / 2) * alpha**2 * ginv_f / e
+        if bound < 1e-12 * pairs:
+            return 0.0
+        r_ss = alpha**2 * (ginv - alpha * (ginv @ ginv))
+        d_s = r_ss.diagonal().clamp_min(0.0).sqrt()
+        r_sc = alpha**2 * (ginv @ coef)
+        total = float((r_sc.abs() / torch.outer(d_s, d).add_(e)).sum())
+        within = r_ss.abs() / torch.outer(d_s, d_s).add_(e)
+        return total + float(within.sum() - within.diagonal().sum()) / 2
 
     def _lower_triangle(self, targets: torch.Tensor | None, chunk: torch.Tensor | None, left: torch.Tensor,
                         right: torch.Tensor, u: torch.Tensor, d: torch.Tensor) -> _PairSums:
         """Form R = S_tt - left^T right in cache-sized row blocks (lower triangle) and reduce each block.
 
-        Over all neurons (`targets` None), the chunk's own rows and columns are zeroed: its residuals
-        are O(alpha) and count as 0 (see `reconstruction.ReconstructionScores`).
+        Over all neurons (`targets` None), the chunk's own rows and columns are zeroed: S - left^T right
+        would give them by cancellation; `_chunk_pairs` adds their exact O(alpha^2) values.
         """
         m = int(u.shape[0])
         rows = max(32, _BLOCK_BYTES // (8 * max(m, 1)))

@@ -170,8 +170,10 @@ class ReconstructionScores:
         The paper's "mean correlation" (Doimo et al. 2022, their code's ``mean_corr``): with cov the
         (N - 1)-normalised covariance of the residuals of all W neurons,
         ``mean over i > j of |cov_ij| / (sqrt(cov_ii cov_jj) + 1e-8)``. The chunk's own residuals
-        are O(alpha) (zero without the ridge); their pairs count with correlation 0, where the paper's
-        float32 code divides rounding noise by 1e-8. About ``residual_abs_corr * m (m - 1) / (W (W - 1))``.
+        are O(alpha), alpha X_S G^-1 (zero without the ridge), and enter with their exact values, which
+        matter only when residual variances come near 1e-8 (the paper's float32 code computes them as
+        rounding noise of about 1e-7 |x|, which the 1e-8 does not suppress). About
+        ``residual_abs_corr * m (m - 1) / (W (W - 1))`` when residual variances are well above 1e-8.
     r2_out_of_sample : ndarray (R,) or None
         R^2 of the ridge fitted on `fit` (train) and scored on `moments` (test), when `fit` is given.
     """

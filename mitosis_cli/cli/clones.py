@@ -32,14 +32,16 @@ def show_clones(networks: list[NetworkClones], growth: dict[str, float]) -> None
     from rich.table import Table
 
     table = Table(title="mitosis clones", title_justify="left")
-    for name in ("file", "W", "clone size", "interval", "clones", "R^2 by chunk size"):
-        table.add_column(name, justify="left" if name in ("file", "R^2 by chunk size") else "right")
+    for name in ("file", "W", "clone size", "interval", "clones", "R^2 by chunk size", "regime (top C-1 share)"):
+        table.add_column(name, justify="left" if name in ("file", "R^2 by chunk size", "regime (top C-1 share)") else "right")
     for net in networks:
         sizes = sorted(s for s, v in net.r2.items() if v is not None)
         near = [s for s in sizes if net.clone_size / 4 <= s <= 2 * net.clone_size] or sizes[-3:]
         r2 = "  ".join(f"{s}: {net.r2[s]:.3f}" for s in near)
+        share = (net.collapse.get("test") or net.collapse.get("train") or {}).get("top_share")
+        regime = f"{net.regime or '-'}" + (f" ({share:.4f})" if share is not None else "")
         table.add_row(Path(net.source).name, str(net.width), f"{net.clone_size:.1f}",
-                      f"[{net.clone_size_lo:.1f}, {net.clone_size_hi:.1f}]", f"{net.n_clones:.2f}", r2)
+                      f"[{net.clone_size_lo:.1f}, {net.clone_size_hi:.1f}]", f"{net.n_clones:.2f}", r2, regime)
     stderr.print(table)
     if growth:
         stderr.print(f"clones grow above a critical width of {growth['critical_width']:.0f} neurons, "
@@ -78,6 +80,8 @@ def clones(
     if result.skipped:
         say(f"{result.outputs[0].parent}: clones tables already measured from these inputs with these options; "
             "skipped (--force to redo)", quiet)
+    for note in result.notes:
+        say(note, quiet)
     if not quiet:
         show_clones(result.networks, result.growth)
     if not result.skipped:

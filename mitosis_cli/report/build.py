@@ -15,9 +15,17 @@ from matplotlib.figure import Figure
 
 from mitosis_cli import __version__
 from mitosis_cli.report import figures as F
+from mitosis_cli.report.frame import Frame
 from mitosis_cli.report.html import RenderedFigure, ReportDocument, render_html, render_markdown
 from mitosis_cli.report.inputs import FIGURES_OF_KIND, ReportInputs
-from mitosis_cli.report.select import network_epochs, network_keys, network_label, select_network
+from mitosis_cli.report.select import (
+    network_epochs,
+    network_keys,
+    network_label,
+    select_network,
+    source_estimate,
+    source_status,
+)
 from mitosis_cli.report.summary import summary_tables
 
 PNG_DPI = 200  # sharp on high-density screens and in print
@@ -30,6 +38,38 @@ SECTION_WIDTH = "Mitosis across widths"
 SECTION_II = "Information Imbalance"
 SECTION_ENSEMBLE = "Ensembles"
 SECTION_TRAINING = "Training"
+
+# What each section's figures show, said once above them instead of under every figure.
+SECTION_INTROS = {
+    SECTION_CLONES: (
+        "One figure per network. (a) Chunk test error minus error∞ (the error of a large ensemble of full networks) "
+        "against chunk size, log-log, with the c·w_c^-1/2 decay of an ensemble of independent members from the clone "
+        "size on; (b) training error of the trained head restricted to the chunk; (c) R² of the ridge reconstruction "
+        "of the whole layer from the chunk, fit and scored on test (the paper's) and fit on train, scored on test; "
+        "(d) correlation of the reconstruction residuals: ours (the m neurons outside the chunk) and the paper's "
+        "(all W neurons, the chunk's own included, a 1e-8 regulariser; about ours times m(m-1)/(W(W-1))). "
+        "Dashed: the clone size w_c*, grey band its interval. Error bars: standard error over repeats."),
+    SECTION_WIDTH: (
+        "Every width of one architecture and data set on shared axes, as the paper draws them: (a) R², (b) excess "
+        "test error with each width's fitted c·w_c^-1/2 (dashed), (c) the paper's residual correlation, (d) the "
+        "number of clones W/w_c* with the growth line and the critical width; (e) the variance outside the top C-1 "
+        "principal directions (a layer collapsed onto its class means has almost none) with each network's regime "
+        "word, and (f) the participation ratio, the layer's effective dimension, beside C-1."),
+}
+
+
+def network_caption(summary: Frame | None) -> str:
+    """A network's own numbers for its figure: clone size, number of clones, regime."""
+    clone, n_clones = source_estimate(summary, "clone_size"), source_estimate(summary, "n_clones")
+    parts = []
+    if clone is not None:
+        parts.append(f"w_c* = {clone.value:.3g}")
+    if n_clones is not None:
+        parts.append(f"{n_clones.value:.3g} clones")
+    word = source_status(summary, "regime")
+    if word:
+        parts.append(f"regime: {word}")
+    return "; ".join(parts) + "." if parts else "No clone size in the tables."
 
 
 @dataclass(frozen=True)
@@ -58,19 +98,15 @@ def plan_figures(inputs: ReportInputs) -> tuple[list[FigurePlan], list[str]]:
         has_chunks = any(f is not None and np.isfinite(f["chunk_size"]).any() for f in (rows, net_summary))
         if has_chunks:
             plans.append(FigurePlan(
-                _slug("clones", *key), SECTION_CLONES, network_label(key),
-                "(a) Chunk test error minus error∞ (the error of a large ensemble of full networks) against chunk size, "
-                "log-log, with the c·w_c^-1/2 decay of an ensemble of independent members; (b) training error of the "
-                "trained head restricted to the chunk; (c) R² of the ridge reconstruction of the whole layer from the chunk; "
-                "(d) correlation of the reconstruction residuals. Dashed: the clone size w_c*, grey band its interval. "
-                "Error bars: standard error over repeats.",
+                _slug("clones", *key), SECTION_CLONES, network_label(key), network_caption(net_summary),
                 lambda key=key, rows=rows, net_summary=net_summary: F.network_panels(key, rows, net_summary, ensemble)))
-    if summary is not None and len(summary.where(metric="n_clones")):
+    families = sorted({(arch, dataset) for arch, dataset, _ in keys})
+    for arch, dataset in families:
+        members = [k for k in keys if k[:2] == (arch, dataset)]
         plans.append(FigurePlan(
-            "clones-vs-width", SECTION_WIDTH, "Number of clones against width",
-            "Number of clones W/w_c* of each network (error bars: standard error over seeds) with the linear fit above "
-            "the critical width (dashed), below which the layer does not split.",
-            lambda: F.clones_vs_width(summary)))
+            _slug("across-widths", arch, dataset), SECTION_WIDTH, f"{arch} on {dataset}: every width",
+            f"{len(members)} width(s): " + ", ".join(str(k[2]) for k in members) + ".",
+            lambda members=members: F.across_widths(members, clones, summary, ensemble)))
     ii_metrics = ("ii_chunk_to_full", "ii_full_to_chunk")
     ii_keys = [k for k in keys if any(len(f.where(metric=m)) for f in (select_network(clones, k), select_network(summary, k))
                                       if f is not None for m in ii_metrics)]
@@ -140,7 +176,7 @@ def write_report_files(inputs: ReportInputs, folder: Path, title: str,
             on_figure(plan.name)
     doc = ReportDocument(
         title=title, version=__version__, figures=rendered, tables=summary_tables(inputs),
-        inputs=[(str(f.path), f.kind, f.sha256, f.rows) for f in inputs.files], notes=notes,
+        inputs=[(str(f.path), f.kind, f.sha256, f.rows) for f in inputs.files], notes=notes, intros=SECTION_INTROS,
     )
     (folder / "index.html").write_text(render_html(doc), encoding="utf-8")
     (folder / "summary.md").write_text(render_markdown(doc), encoding="utf-8")

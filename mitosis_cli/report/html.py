@@ -32,6 +32,7 @@ class ReportDocument:
     tables: list[SummaryTable]
     inputs: list[tuple[str, str, str, int]]  # path, kind, sha256, rows
     notes: list[str] = field(default_factory=list)
+    intros: dict[str, str] = field(default_factory=dict)  # section -> what its figures show, said once
 
     def sections(self) -> list[tuple[str, list[RenderedFigure]]]:
         order: list[str] = []
@@ -110,6 +111,8 @@ def render_html(doc: ReportDocument) -> str:
         parts.append('<h2 id="summary">Summary</h2>' + "".join(_html_table(t) for t in doc.tables))
     for section, figures in sections:
         parts.append(f'<h2 id="{_anchor(section)}">{escape(section)}</h2>')
+        if section in doc.intros:
+            parts.append(f'<p class="note">{escape(doc.intros[section])}</p>')
         for figure in figures:
             data = base64.b64encode(figure.png).decode("ascii")
             parts.append(
@@ -153,7 +156,7 @@ def render_markdown(doc: ReportDocument) -> str:
     if doc.figures:
         lines += ["## Figures", ""]
         for section, figures in doc.sections():
-            lines += [f"### {section}", ""]
+            lines += [f"### {section}", ""] + ([doc.intros[section], ""] if section in doc.intros else [])
             lines += [f"- [{f.title}](figures/{f.name}.png) ([SVG](figures/{f.name}.svg)): {f.caption}" for f in figures]
             lines.append("")
     lines += ["## Inputs", "", "| table | kind | rows | sha256 |", "|---|---|---|---|"]

@@ -120,11 +120,13 @@ class Estimate:
     sources: int = 1
 
 
-def source_estimate(summary: Frame | None, metric: str) -> Estimate | None:
-    """Pool the per-source rows (chunk_size null) of `metric`: mean of means, widest interval."""
+def source_estimate(summary: Frame | None, metric: str, split: str | None = None) -> Estimate | None:
+    """Pool the per-source rows (chunk_size null) of `metric` (of one split if given): mean of means, widest interval."""
     if summary is None:
         return None
     rows = summary.where(metric=metric, chunk_size=None)
+    if split is not None and len(rows):
+        rows = rows.where(split=split)
     rows = rows.filter(np.isfinite(rows["mean"])) if len(rows) else rows
     if not len(rows):
         return None
@@ -137,6 +139,14 @@ def source_estimate(summary: Frame | None, metric: str) -> Estimate | None:
         rule=str(rules[0]) if rules else None,
         sources=len(set(rows["source"].tolist())),
     )
+
+
+def source_status(summary: Frame | None, metric: str) -> str | None:
+    """The `status` of a per-source row (e.g. a network's regime word): the most common among its sources."""
+    if summary is None or not summary.has("status"):
+        return None
+    words = [w for w in summary.where(metric=metric)["status"].tolist() if isinstance(w, str) and w]
+    return max(sorted(set(words)), key=words.count) if words else None
 
 
 def error_inf_for(summary: Frame | None, ensemble: Frame | None, width: int) -> float | None:

@@ -186,6 +186,12 @@ def _excess_rows(out: _Columns, net: MeasuredNetwork, stats: Mapping[tuple[Any, 
                      "sem": st.sem, "n": st.n})
 
 
+def skipped_notes(networks: Sequence[NetworkClones]) -> list[str]:
+    """One line per network whose file lacked what some metrics need."""
+    return [f"{net.label}: no trained head in {net.source}: {', '.join(net.skipped_metrics)} not measured"
+            for net in networks if net.skipped_metrics]
+
+
 def networks_from_summary(summary: pa.Table) -> tuple[list[NetworkClones], dict[str, Any]]:
     """Per-network clone facts and the across-network growth fit (with its status), read back from a summary."""
     facts: dict[str, dict[str, Any]] = {}

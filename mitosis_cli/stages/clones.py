@@ -37,7 +37,13 @@ from mitosis_cli.io.stamp import Decision, Stamp, decide
 from mitosis_cli.io.tables import input_records, provenance, read_table, table_stamp
 from mitosis_cli.runtime import pick_device, return_freed_memory_to_os, set_threads
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
-from mitosis_cli.stages.clone_summary import MeasuredNetwork, NetworkClones, networks_from_summary, summarize_clones
+from mitosis_cli.stages.clone_summary import (
+    MeasuredNetwork,
+    NetworkClones,
+    networks_from_summary,
+    skipped_notes,
+    summarize_clones,
+)
 
 DIAGNOSTIC_REPEATS = 3  # chunks per size whose residual shape is measured (in one more pass over the data)
 DIAGNOSTIC_TARGETS = 128  # neurons outside the chunk whose residuals are tested
@@ -120,7 +126,12 @@ class CloneTables:
     clones: pa.Table
     summary: pa.Table
     networks: list[NetworkClones]
-    growth: dict[str, float]  # critical_width, clones_per_width_slope (two or more widths)
+    growth: dict[str, Any]  # critical_width, clones_per_width_slope, growth_status (two or more widths)
+
+    @property
+    def notes(self) -> list[str]:
+        """What was not measured and why (e.g. a file without the trained head)."""
+        return skipped_notes(self.networks)
 
 
 @dataclass
@@ -253,11 +264,14 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
             out.add(main, f"residual_{name}", s, diag[name][picked])
     step("residual shape")
 
-    if x_ii is not None:
+    if x_ii is not None:  # every chunk of every size in one call: the full space's passes are shared
+        deltas = chunk_information_imbalances(x_ii, [c for s in sizes for c in reg_chunks[s]], cfg.ii_k, device=str(device))
+        start = 0
         for s in sizes:
-            deltas = chunk_information_imbalances(x_ii, list(reg_chunks[s]), cfg.ii_k, device=str(device))
-            out.add(main, "ii_chunk_to_full", s, deltas[:, 0], n_points=len(x_ii), k=cfg.ii_k)
-            out.add(main, "ii_full_to_chunk", s, deltas[:, 1], n_points=len(x_ii), k=cfg.ii_k)
+            part = deltas[start : start + len(reg_chunks[s])]
+            start += len(reg_chunks[s])
+            out.add(main, "ii_chunk_to_full", s, part[:, 0], n_points=len(x_ii), k=cfg.ii_k)
+            out.add(main, "ii_full_to_chunk", s, part[:, 1], n_points=len(x_ii), k=cfg.ii_k)
     step("information imbalance")
     collapse = {split: collapse_diagnostics(m.scatter, m.mean, m.n, width) for split, m in moments.items()}
     skipped = () if header.has_head else tuple(m + suffix for m in ("chunk_accuracy", "chunk_error")
@@ -335,11 +349,16 @@ class CloneResult:
     outputs: tuple[Path, Path]
     skipped: bool
     networks: list[NetworkClones]
-    growth: dict[str, float]
+    growth: dict[str, Any]
+
+    @property
+    def notes(self) -> list[str]:
+        """What was not measured and why (e.g. a file without the trained head)."""
+        return skipped_notes(self.networks)
 
     def to_json(self) -> dict[str, Any]:
         return {"skipped": self.skipped, "outputs": [str(p) for p in self.outputs],
-                "files": [n.to_json() for n in self.networks], **self.growth}
+                "files": [n.to_json() for n in self.networks], **self.growth, "notes": self.notes}
 
 
 def _existing_stamp(folder: Path) -> Stamp | None:

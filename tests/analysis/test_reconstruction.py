@@ -34,6 +34,63 @@ def _sklearn_scores(x_fit: np.ndarray, x_score: np.ndarray, chunk: np.ndarray) -
     return r2, np.abs(off).mean(), np.sqrt((off**2).mean())
 
 
+def _paper_mean_corr(x: np.ndarray, chunk: np.ndarray) -> float:
+    """The paper's `mean_corr` (their analysis_repr.py), recomputed from scratch in float64."""
+    xd = x.astype(np.float64)
+    res = xd - Ridge(alpha=1e-8).fit(xd[:, chunk], xd).predict(xd[:, chunk])
+    cov = np.cov(res.T)
+    norm = np.sqrt(np.outer(np.diag(cov), np.diag(cov))) + 1e-8
+    return float(np.mean(np.abs((cov / norm)[np.tril_indices_from(cov, k=-1)])))
+
+
+def _previous_scores(moments: Moments, chunk: np.ndarray, fit: Moments | None) -> tuple[float, float | None]:
+    """R^2 in and out of sample as the implementation before the per-chunk engine computed them (the reference)."""
+    alpha, total = 1e-8, float(torch.trace(moments.scatter))
+    ridge = ridge_from_moments(moments, chunk, alpha)
+    r2 = 1 - (total - float(ridge.z.square().sum()) - alpha * float(ridge.coef.square().sum())) / total
+    if fit is None:
+        return r2, None
+    idx = torch.as_tensor(chunk)
+    coef = ridge_from_moments(fit, chunk, alpha).coef
+    delta = moments.mean - fit.mean
+    cross = moments.scatter.index_select(0, idx)
+    gram = cross.index_select(1, idx)
+    b_delta = coef.T @ delta.index_select(0, idx)
+    rss = (float(torch.trace(moments.scatter)) + moments.n * float(delta @ delta)
+           - 2 * (float((coef * cross).sum()) + moments.n * float(b_delta @ delta))
+           + float((coef * (gram @ coef)).sum()) + moments.n * float(b_delta @ b_delta))
+    return r2, 1 - rss / total
+
+
+@pytest.mark.parametrize("noise", [0.3, 1e-4])  # a noisy layer and a near-collapsed one (ill-conditioned chunks)
+def test_r2_equals_the_previous_implementation_on_the_same_chunks(noise: float) -> None:
+    rng = np.random.default_rng(11)
+    basis = rng.standard_normal((6, 64))
+    layers = [rng.standard_normal((400, 6)) @ basis + noise * rng.standard_normal((400, 64)) for _ in range(2)]
+    train, test = Moments.of(layers[0]), Moments.of(layers[1])
+    for size in (1, 4, 16, 40):  # both the all-neuron path (s <= W / 4) and the complement path
+        chunks = np.stack([np.sort(rng.choice(64, size, replace=False)) for _ in range(3)])
+        scores = reconstruction_scores(test, chunks, fit=train)
+        for i, chunk in enumerate(chunks):
+            r2, r2_oos = _previous_scores(test, chunk, train)
+            assert scores.r2[i] == pytest.approx(r2, abs=1e-10)
+            assert scores.r2_out_of_sample[i] == pytest.approx(r2_oos, abs=1e-10)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3e-4])  # 3e-4: residual variances near the paper's 1e-8, not a series any more
+def test_paper_residual_correlation_is_the_papers_formula(scale: float) -> None:
+    rng = np.random.default_rng(12)
+    x = _layer(rng, 400, 32).astype(np.float64) * scale
+    chunks = [np.array([5]), np.sort(rng.choice(32, 4, replace=False)), np.sort(rng.choice(32, 20, replace=False))]
+    scores = reconstruction_scores(Moments.of(x), chunks)
+    for i, chunk in enumerate(chunks):
+        assert scores.residual_abs_corr_paper[i] == pytest.approx(_paper_mean_corr(x, chunk), abs=1e-9)
+        m, w = 32 - len(chunk), 32
+        if scale == 1.0:  # the regulariser is negligible: ours on m neurons, diluted to all W (W - 1) pairs
+            assert scores.residual_abs_corr_paper[i] == pytest.approx(
+                scores.residual_abs_corr[i] * m * (m - 1) / (w * (w - 1)), rel=1e-6)
+
+
 def test_streamed_moments_match_numpy() -> None:
     x = _layer(np.random.default_rng(0), 257, 9, shift=100.0)  # a large mean: the merge must stay exact
     acc = MomentAccumulator(9)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mitosis_cli.analysis.clone_size import fit_clone_growth
@@ -23,6 +24,7 @@ class GrowthLine:
     lo: float
     hi: float
     origin: str
+    status: str = "ok"
 
 
 def _summary_growth(summary: Frame, arch: str, dataset: str) -> GrowthLine | None:
@@ -41,8 +43,9 @@ def _summary_growth(summary: Frame, arch: str, dataset: str) -> GrowthLine | Non
     slope = family.where(metric="clones_per_width_slope")
     if not len(critical) or not len(slope):
         return None
+    status = critical["status"][0] if critical.has("status") and isinstance(critical["status"][0], str) else "ok"
     return GrowthLine(float(slope["mean"][0]), float(critical["mean"][0]), float(critical["lo"][0]), float(critical["hi"][0]),
-                      "from summary")
+                      "from summary", status)
 
 
 def clone_growth(summary: Frame, arch: str, dataset: str, n_clones: Frame) -> GrowthLine | None:
@@ -59,7 +62,35 @@ def clone_growth(summary: Frame, arch: str, dataset: str, n_clones: Frame) -> Gr
         fit = fit_clone_growth(n_clones["width"], n_clones["mean"])
     except ValueError:  # fewer than two distinct widths
         return None
-    return GrowthLine(fit.slope, fit.critical_width, float("nan"), float("nan"), "fitted to these networks")
+    return GrowthLine(fit.slope, fit.critical_width, float("nan"), float("nan"), "fitted to these networks", fit.status)
+
+
+def draw_clone_growth(ax: Axes, summary: Frame, arch: str, dataset: str, colour: str) -> bool:
+    """Points n_clones = W / w_c* of one (arch, dataset) with the growth line and critical width; False without points."""
+    rows = summary.where(metric="n_clones", chunk_size=None, arch=arch, dataset=dataset)
+    rows = rows.filter(np.array([s != "all" for s in rows["source"]], dtype=bool)) if len(rows) else rows
+    if not len(rows):
+        return False
+    points = curve_from_values(rows["width"], rows["mean"])  # sem over seeds at each width
+    container = ax.errorbar(points.x, points.mean, yerr=points.sem, marker="o", ls="none", color=colour,
+                            label=f"{arch} on {dataset}", elinewidth=0.8)
+    container.lines[0].set_gid(f"n_clones:{arch}:{dataset}")
+    fit = clone_growth(summary, arch, dataset, rows)
+    if fit is None:
+        ax.plot([], [], ls="none", gid=f"fit-missing:{arch}:{dataset}", label="no growth line: fewer than two widths")
+    else:
+        right = max(points.x.max(), fit.critical_width) * 1.05
+        # One clone (no mitosis) below the critical width, then the linear growth.
+        ax.plot([0, fit.critical_width, right], [1, 1, 1 + fit.slope * (right - fit.critical_width)], color=colour,
+                lw=1.0, gid=f"fit:{arch}:{dataset}", label=f"linear fit, {fit.slope * 1000:.3g} per 1000 neurons")
+        if np.isfinite(fit.lo) and np.isfinite(fit.hi) and fit.hi > fit.lo:
+            ax.axvspan(fit.lo, fit.hi, color=colour, alpha=0.12, lw=0)
+        undetermined = fit.status.startswith("undetermined")
+        ax.axvline(fit.critical_width, color=colour, ls="--", lw=0.8, gid=f"critical-width:{arch}:{dataset}",
+                   label=f"critical width {fit.critical_width:.0f} ({fit.origin}{'; undetermined' if undetermined else ''})")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    return True
 
 
 def clones_vs_width(summary: Frame) -> Figure:
@@ -72,27 +103,9 @@ def clones_vs_width(summary: Frame) -> Figure:
         if not len(rows):
             no_data(ax, "number of clones")
             return fig
-        for index, ((arch, dataset), family) in enumerate(rows.groups(["arch", "dataset"])):
-            colour = style.colour(index)
-            points = curve_from_values(family["width"], family["mean"])  # sem over seeds at each width
-            container = ax.errorbar(points.x, points.mean, yerr=points.sem, marker="o", ls="none", color=colour,
-                                    label=f"{arch} on {dataset}", elinewidth=0.8)
-            container.lines[0].set_gid(f"n_clones:{arch}:{dataset}")
-            fit = clone_growth(summary, str(arch), str(dataset), family)
-            if fit is None:
-                ax.plot([], [], ls="none", gid=f"fit-missing:{arch}:{dataset}", label="no growth line: fewer than two widths")
-                continue
-            right = max(points.x.max(), fit.critical_width) * 1.05
-            # One clone (no mitosis) below the critical width, then the linear growth.
-            ax.plot([0, fit.critical_width, right], [1, 1, 1 + fit.slope * (right - fit.critical_width)], color=colour,
-                    lw=1.0, gid=f"fit:{arch}:{dataset}", label=f"linear fit, {fit.slope * 1000:.3g} per 1000 neurons")
-            if np.isfinite(fit.lo) and np.isfinite(fit.hi) and fit.hi > fit.lo:
-                ax.axvspan(fit.lo, fit.hi, color=colour, alpha=0.12, lw=0)
-            ax.axvline(fit.critical_width, color=colour, ls="--", lw=0.8, gid=f"critical-width:{arch}:{dataset}",
-                       label=f"critical width {fit.critical_width:.0f} ({fit.origin})")
-        ax.set_xlim(left=0)
-        ax.set_ylim(bottom=0)
+        for index, ((arch, dataset), _) in enumerate(rows.groups(["arch", "dataset"])):
+            draw_clone_growth(ax, summary, str(arch), str(dataset), style.colour(index))
         ax.set_xlabel(WIDTH_AXIS)
         ax.set_ylabel("number of clones $W / w_c^*$")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left")
     return fig

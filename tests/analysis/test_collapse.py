@@ -1,0 +1,85 @@
+"""Collapse diagnostics against numpy on the raw features, and the regime rule on its thresholds."""
+
+import numpy as np
+import pytest
+
+from mitosis_cli.analysis.accuracy import one_hot
+from mitosis_cli.analysis.collapse import (
+    COLLAPSED_SHARE,
+    MIN_RESIDUAL,
+    NetworkFacts,
+    collapse_diagnostics,
+    regime,
+)
+from mitosis_cli.analysis.reconstruction import Moments
+
+
+def _diagnostics(x: np.ndarray, labels: np.ndarray, classes: int):
+    m = Moments.of(np.concatenate([x, one_hot(labels, classes).numpy()], axis=1))
+    return collapse_diagnostics(m.scatter, m.mean, m.n, x.shape[1])
+
+
+def _reference(x: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """Top-(C-1) share, participation ratio and NC1 (Papyan et al.) straight from the definitions."""
+    present = np.unique(labels)
+    c = len(present)
+    lam = np.sort(np.linalg.eigvalsh(np.cov(x, rowvar=False, bias=True)))[::-1]
+    mu = x.mean(0)
+    within = sum((x[labels == k] - x[labels == k].mean(0)).T @ (x[labels == k] - x[labels == k].mean(0))
+                 for k in present) / len(x)
+    between = sum(np.outer(x[labels == k].mean(0) - mu, x[labels == k].mean(0) - mu) for k in present) / c
+    return lam[: c - 1].sum() / lam.sum(), lam.sum() ** 2 / (lam**2).sum(), np.trace(within @ np.linalg.pinv(between)) / c
+
+
+@pytest.mark.parametrize("noise", [1e-4, 0.5])
+def test_diagnostics_match_the_definitions(noise: float) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, 800)
+    labels[labels == 5] = 4  # a class that never occurs: C counts the classes present
+    x = 3 * rng.standard_normal((6, 40))[labels] + noise * rng.standard_normal((800, 40)) + 2.0
+    got = _diagnostics(x, labels, 6)
+    share, participation, nc1 = _reference(x, labels)
+    assert got.classes == 5
+    assert got.top_share == pytest.approx(share, rel=1e-9)
+    assert got.participation_ratio == pytest.approx(participation, rel=1e-9)
+    assert got.nc1 == pytest.approx(nc1, rel=1e-6)
+
+
+def test_a_16_dimensional_latent_has_16_dimensions_and_is_not_collapsed() -> None:
+    rng = np.random.default_rng(1)
+    latent = rng.standard_normal((3000, 16))
+    x = latent[:, np.arange(256) % 16] + 0.05 * rng.standard_normal((3000, 256))
+    labels = np.argmax(latent[:, :10], axis=1)
+    got = _diagnostics(x, labels, 10)
+    assert got.participation_ratio == pytest.approx(16, rel=0.1)
+    assert got.top_share < COLLAPSED_SHARE and got.nc1 > 0.5
+
+
+def test_class_means_with_tiny_noise_are_collapsed() -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 10, 2000)
+    x = rng.standard_normal((10, 128))[labels] + 1e-4 * rng.standard_normal((2000, 128))
+    got = _diagnostics(x, labels, 10)
+    assert got.top_share > 0.99999 and got.nc1 < 1e-6 and got.participation_ratio < 9
+
+
+def _facts(width: int, clone_size: float, residual: float = 1e-3, share: float = 0.9, family: str = "mlp|d") -> NetworkFacts:
+    return NetworkFacts(width, clone_size, residual, share, 10, family)
+
+
+def test_regime_rule_at_its_thresholds() -> None:
+    assert regime(_facts(64, 15.0, share=COLLAPSED_SHARE)) == "collapsed"  # 15 <= 2 (C - 1) = 18
+    assert regime(_facts(64, 19.0, share=COLLAPSED_SHARE)) == "noisy-clones"  # more than a doubling above C - 1
+    assert regime(_facts(64, 15.0, share=0.998)) == "noisy-clones"
+    assert regime(_facts(64, 33.0)) == "no-clones"  # fewer than two clones
+    assert regime(_facts(64, 32.0)) == "noisy-clones"
+    assert regime(_facts(64, 32.0, residual=MIN_RESIDUAL / 2)) == "no-clones"  # residuals at rounding level
+
+
+def test_regime_needs_the_clone_size_constant_across_widths() -> None:
+    constant = [_facts(w, 30.0 + w / 100) for w in (64, 128, 256, 512)]
+    assert {regime(f, constant) for f in constant} == {"noisy-clones"}
+    growing = [_facts(w, w / 2.5) for w in (64, 128, 256, 512)]  # 2.5 clones at every width: w_c* grows with W
+    assert {regime(f, growing) for f in growing} == {"no-clones"}
+    other_family = [_facts(512, 200.0, family="wrn|d")]
+    assert regime(constant[0], [*constant, *other_family]) == "noisy-clones"
