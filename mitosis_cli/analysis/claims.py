@@ -160,3 +160,27 @@ def residual_noise(summary: Sequence[Mapping[str, Any]], width: int, chunk: int)
     """1 - test R^2 of `chunk`-neuron chunks of the width-`width` network: the variance left as noise."""
     rows = _rows(summary, metric="reconstruction_r2", split="test", width=width, chunk_size=chunk)
     return 1.0 - float(rows[0]["mean"]) if rows else None
+
+
+@dataclass(frozen=True)
+class PublishedValue:
+    """A number the paper published, with where it comes from."""
+
+    quantity: str
+    value: str
+    source: str
+
+
+# Doimo, Glielmo, Goldt, Laio (NeurIPS 2022), WRN-28-8 on CIFAR-10 (last hidden layer W = 512): the numbers this
+# tool's results are compared with. R^2 and the residual correlation are read off the paper's Fig. 4 (its
+# R^2 / mean-correlation panel), the constant c from the authors' plotting script.
+PAPER = "Doimo et al. 2022 (NeurIPS), WRN-28-8 on CIFAR-10, W = 512"
+PAPER_VALUES = (
+    PublishedValue("R^2 at 16 / 32 / 64 neurons", "0.54 / 0.87 / 0.99", "the paper, Sec. 4 and Fig. 4 (R^2 panel)"),
+    PublishedValue("clone size w_c*", "~64 (DenseNet-40: ~88)", "the paper, Sec. 4 (where R^2 reaches ~0.99)"),
+    PublishedValue("residual correlation, the paper's definition", "0.06 at the smallest chunks -> 0.004 at w_c* and above",
+                   "the paper, Fig. 4 (mean-correlation panel); definition: the authors' analysis_repr.py"),
+    PublishedValue("excess-error constant c in c w^-1/2", "0.12",
+                   "the guide line of the authors' plot_results.py (github.com/diegodoimo/redundant_representation)"),
+)
+PAPER_R2 = {16: 0.54, 32: 0.87, 64: 0.99}

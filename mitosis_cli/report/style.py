@@ -50,7 +50,13 @@ _RC: dict[str, object] = {
     "xtick.labelsize": 7,
     "ytick.labelsize": 7,
     "legend.fontsize": 6.5,
-    "legend.frameon": False,
+    # A white, slightly transparent box: a curve or a marker line running behind a legend never strikes through
+    # its text (legends are placed where they cover the least, "best", or outside the axes).
+    "legend.frameon": True,
+    "legend.framealpha": 0.85,
+    "legend.edgecolor": "none",
+    "legend.fancybox": False,
+    "legend.borderpad": 0.3,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,

@@ -33,7 +33,8 @@ def test_writes_html_markdown_and_every_figure_as_png_and_svg(tables, tmp_path: 
     summary = json.loads(stdout)
     assert summary["skipped"] is False and summary["index"] == str(out / "index.html")
     names = [f["name"] for f in summary["figures"]]
-    assert names == ["clones-mlp-mnist5k-32", "clones-vs-width", "information-imbalance", "ensemble-accuracy", "training-curves"]
+    assert names == ["clones-mlp-mnist5k-32", "across-widths-mlp-mnist5k", "information-imbalance", "ensemble-accuracy",
+                     "training-curves"]
     for figure in summary["figures"]:
         assert Path(figure["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert b"<svg" in Path(figure["svg"]).read_bytes()[:2000]

@@ -353,3 +353,81 @@ def test_r2_threshold_line_is_the_one_the_clones_tables_were_made_with(tmp_path)
         threshold = line(F.network_panels(("mlp", "mnist5k", 64), inputs.clones, inputs.summary, None), "r2-threshold")
         np.testing.assert_allclose(threshold.get_ydata(), value)
         assert f"$R^2$ = {value:g}" in threshold.get_label() and note in threshold.get_label()
+
+
+def _family_summary(widths=(64, 128, 256), clone_size: float = 16.0) -> tuple[list[dict], list[dict]]:
+    """Clones rows of several widths and their summary, with collapse diagnostics, regimes and excess-error c."""
+    rows, summary = [], []
+    for i, width in enumerate(widths):
+        net = T.clones_rows(width, clone_size=int(clone_size), repeats=2)
+        net += [{**r, "metric": "residual_abs_corr_paper", "value": r["value"] / 2} for r in net
+                if r["metric"] == "residual_abs_corr"]
+        rows += net
+        summary += T.summary_rows(net, clone_size, clone_size / 2, clone_size * 2)
+        base = {k: net[0][k] for k in ("source", "arch", "dataset", "width", "seed")}
+        extra = {"chunk_size": None, "std": None, "sem": None, "lo": None, "hi": None, "rule": None}
+        summary += [{**base, **extra, "split": "test", "metric": "top_share", "mean": 1 - 10.0 ** -(i + 2), "n": 10},
+                    {**base, **extra, "split": "train", "metric": "top_share", "mean": 0.5, "n": 10},
+                    {**base, **extra, "split": "test", "metric": "participation_ratio", "mean": 9.0 + i, "n": 10},
+                    {**base, **extra, "split": "test", "metric": "excess_error_c", "mean": 0.3 + 0.1 * i, "n": 3}]
+    schema = T.SUMMARY_SCHEMA.append(pa.field("status", pa.string()))
+    regimes = {64: "no-clones", 128: "noisy-clones", 256: "collapsed"}
+    summary = [{**r, "status": "ok" if r["chunk_size"] is None else None} for r in summary]
+    for width, word in regimes.items():
+        summary.append({"source": f"acts-w{width}-s0.h5", "arch": "mlp", "dataset": "mnist5k", "width": width, "seed": 0,
+                        "split": "test", "metric": "regime", "chunk_size": None, "mean": None, "std": None, "sem": None,
+                        "n": 1, "lo": None, "hi": None, "rule": "r", "status": word})
+    return rows, [dict(r) for r in pa.Table.from_pylist(summary, schema=schema).to_pylist()]
+
+
+def test_across_widths_puts_every_width_on_shared_axes_with_the_tables_numbers() -> None:
+    rows, summary_rows = _family_summary()
+    clones = frame(rows, T.CLONES_SCHEMA)
+    summary = frame(summary_rows, T.SUMMARY_SCHEMA.append(pa.field("status", pa.string())))
+    keys = [("mlp", "mnist5k", w) for w in (256, 64, 128)]
+    fig = F.across_widths(keys, clones, summary, None)
+    for width in (64, 128, 256):
+        own = [r for r in rows if r["width"] == width]
+        sizes, mean, _ = raw_mean(own, "reconstruction_r2", "test")
+        np.testing.assert_allclose(line(fig, f"across-r2:{width}").get_ydata(), mean)
+        np.testing.assert_allclose(line(fig, f"across-r2:{width}").get_xdata(), sizes)
+        _, corr, _ = raw_mean(own, "residual_abs_corr_paper", "test")  # the paper's definition, not ours
+        np.testing.assert_allclose(line(fig, f"across-corr:{width}").get_ydata(), corr)
+        _, err, _ = raw_mean(own, "chunk_error", "test")
+        excess = line(fig, f"across-excess:{width}")
+        np.testing.assert_allclose(excess.get_ydata(), (err - T.ERROR_INF)[err - T.ERROR_INF > 0])
+        guide = line(fig, f"across-guide:{width}")  # the summary's c for this width, from the clone size on
+        c = 0.3 + 0.1 * (64, 128, 256).index(width)
+        np.testing.assert_allclose(guide.get_ydata() * np.sqrt(guide.get_xdata()), c)
+        assert guide.get_xdata()[0] == pytest.approx(16.0)
+    # (e): 1 - top-(C-1) share of the test split, the marker naming the regime; (f): participation ratio
+    for i, (width, word) in enumerate(((64, "no-clones"), (128, "noisy-clones"), (256, "collapsed"))):
+        point = line(fig, f"top-share:{width}:{word}")
+        assert point.get_ydata()[0] == pytest.approx(10.0 ** -(i + 2))
+        assert line(fig, f"participation:{width}").get_ydata()[0] == pytest.approx(9.0 + i)
+    assert line(fig, "c-minus-1").get_ydata()[0] == 9
+    assert line(fig, "collapse-threshold").get_ydata()[0] == pytest.approx(1e-3)
+    legend = fig.legends[0]  # one legend for the widths, outside the panels
+    assert [t.get_text() for t in legend.get_texts()] == ["W = 64", "W = 128", "W = 256"]
+
+
+def test_single_network_and_error_inf_of_one_member_are_one_line() -> None:
+    rows = [r for r in T.ensemble_rows(widths=(64,), members=(1, 2), repeats=2) if r["kind"] != "error-inf"]
+    widest = np.mean([r["value"] for r in rows if r["kind"] == "wide" and r["width"] == 512])
+    rows.append({"kind": "error-inf", "width": 512, "members": 1, "repeat": 0, "split": "test", "metric": "error",
+                 "value": 1 - widest})
+    fig = F.ensemble_accuracy(frame(rows, T.ENSEMBLE_SCHEMA))
+    reference = line(fig, "wide-reference:512")
+    assert "error" in reference.get_label() and "one member" in reference.get_label()
+    assert [ln.get_gid() for ln in fig.axes[0].get_lines()].count("accuracy-inf") == 0  # not drawn twice
+
+
+def test_chunk_average_lines_are_named_by_chunk_size() -> None:
+    rows = T.ensemble_rows(widths=(64,), members=(1, 2), repeats=2)
+    for size in (8, 16):
+        for members in (1, 2, 4):
+            rows.append({"kind": "chunk-average", "width": size, "members": members, "repeat": 0, "split": "test",
+                         "metric": "accuracy", "value": 0.5 + 0.01 * members})
+    fig = F.ensemble_accuracy(frame(rows, T.ENSEMBLE_SCHEMA))
+    names = sorted(t.get_text() for t in fig.axes[1].texts if (t.get_gid() or "").startswith("chunk-average-name"))
+    assert names == ["16", "8"]

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 
 from mitosis_cli.analysis.collapse import COLLAPSED_SHARE
 from mitosis_cli.report import style
-from mitosis_cli.report.figures.draw import WIDTH_AXIS, chunk_axis, errorbar, no_data
+from mitosis_cli.report.figures.draw import chunk_axis, errorbar, no_data
 from mitosis_cli.report.figures.widths import draw_clone_growth
 from mitosis_cli.report.frame import Curve, Frame
 from mitosis_cli.report.select import (
@@ -54,15 +54,24 @@ def across_widths(keys: Sequence[NetworkKey], clones: Frame | None, summary: Fra
         for ax in (ax_r2, ax_err, ax_corr):
             if ax.has_data():
                 chunk_axis(ax, sizes)
+                _thin_ticks(ax)
         titles = ("(a) reconstruction $R^2$", "(b) excess test error of chunks", "(c) residual correlation",
-                  "(d) number of clones", "(e) collapse: variance off the class-mean simplex",
-                  "(f) effective dimension")
+                  "(d) number of clones", "(e) variance off the top C$-$1 PCs", "(f) effective dimension")
         for ax, title in zip(axes.ravel(), titles, strict=True):
             ax.set_title(title, loc="left", fontsize=8)
         handles = [Line2D([], [], color=colours[k], marker="o", label=f"W = {k[2]}") for k in keys]
         fig.legend(handles=handles, loc="outside right upper", title="network", title_fontsize=7)
         fig.suptitle(f"{keys[0][0]} on {keys[0][1]}: every width", fontsize=9)
     return fig
+
+
+def _thin_ticks(ax: Axes, most: int = 6) -> None:
+    """At most `most` labelled ticks: a third of the page's width has no room for 1 2 4 ... 1024."""
+    ticks = list(ax.get_xticks())
+    if len(ticks) > most:
+        step = -(-len(ticks) // most)
+        kept = ticks[::-1][::step][::-1]  # always keep the largest (W)
+        ax.set_xticks(kept, [f"{t:g}" for t in kept])
 
 
 def _r2_panel(ax: Axes, nets: list, colours: dict, clones: Frame | None, summary: Frame | None) -> None:
@@ -134,51 +143,66 @@ def _correlation_panel(ax: Axes, nets: list, colours: dict) -> None:
 
 
 def _clones_panel(ax: Axes, keys: Sequence[NetworkKey], summary: Frame | None) -> None:
-    if summary is None or not draw_clone_growth(ax, summary, keys[0][0], keys[0][1], colour=style.NEUTRAL):
+    if summary is None or not draw_clone_growth(ax, summary, keys[0][0], keys[0][1], colour=style.NEUTRAL, label=False):
         no_data(ax, "number of clones")
         return
-    ax.set_xlabel(WIDTH_AXIS)
+    ax.set_xlabel(SHORT_WIDTH_AXIS)
     ax.set_ylabel("clones $W / w_c^*$")
-    ax.legend(loc="upper left")
+    ax.legend(loc="best")
+
+
+REGIME_MARKERS = {"collapsed": "s", "noisy-clones": "o", "no-clones": "X"}
+SHORT_WIDTH_AXIS = "width $W$ (neurons)"
+
+
+def _split_estimate(summ: Frame | None, metric: str) -> float | None:
+    """A per-source diagnostic on the test split (the paper's), else on the train split."""
+    found = source_estimate(summ, metric, split="test") or source_estimate(summ, metric, split="train")
+    return None if found is None else found.value
 
 
 def _collapse_panels(ax_share: Axes, ax_pr: Axes, nets: list, colours: dict) -> None:
-    """1 - top-(C-1) share (log) with the collapse threshold and regime words; participation ratio with C - 1."""
+    """1 - top-(C-1) share (log) with the collapse threshold, the marker saying each network's regime;
+    the participation ratio beside C - 1."""
     classes: set[int] = set()
+    regimes: set[str] = set()
     for key, _, summ in nets:
-        share = source_estimate(summ, "top_share", split="test") or source_estimate(summ, "top_share", split="train")
-        pr = source_estimate(summ, "participation_ratio", split="test") or source_estimate(summ, "participation_ratio",
-                                                                                             split="train")
+        share, pr = _split_estimate(summ, "top_share"), _split_estimate(summ, "participation_ratio")
+        word = source_status(summ, "regime") or ""
+        marker = REGIME_MARKERS.get(word, "o")
         if share is not None:
-            off = max(1.0 - share.value, 1e-12)
-            ax_share.plot([key[2]], [off], marker="o", color=colours[key], ls="none", gid=f"top-share:{key[2]}")
-            word = source_status(summ, "regime")
-            if word:
-                ax_share.annotate(word, (key[2], off), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=5.5,
-                                  color=colours[key], gid=f"regime:{key[2]}")
+            ax_share.plot([key[2]], [max(1.0 - share, 1e-12)], marker=marker, ms=5, color=colours[key], ls="none",
+                          gid=f"top-share:{key[2]}:{word}")
+            regimes.add(word)
             rows = summ.where(metric="top_share") if summ is not None else None
-            if rows is not None and len(rows) and rows.has("n"):
+            if rows is not None and len(rows):
                 classes.update(int(c) for c in rows["n"] if np.isfinite(c))
         if pr is not None:
-            ax_pr.plot([key[2]], [pr.value], marker="o", color=colours[key], ls="none", gid=f"participation:{key[2]}")
+            ax_pr.plot([key[2]], [pr], marker=marker, ms=5, color=colours[key], ls="none", gid=f"participation:{key[2]}")
     for ax, what in ((ax_share, "collapse diagnostics"), (ax_pr, "participation ratio")):
         if not ax.has_data():
             no_data(ax, what)
             continue
         ax.set_xscale("log", base=2)
         style.power_of_two_ticks(ax.xaxis, [k[2] for k, _, _ in nets])
-        ax.set_xlabel(WIDTH_AXIS)
-        ax.set_yscale("log")
+        ax.set_xlabel(SHORT_WIDTH_AXIS)
     c_minus_1 = max(classes) - 1 if classes else None
     if ax_share.has_data():
-        ax_share.axhline(1 - COLLAPSED_SHARE, color=style.NEUTRAL, ls=":", lw=0.7, gid="collapse-threshold",
-                         label=f"collapsed below {1 - COLLAPSED_SHARE:g}")
+        ax_share.set_yscale("log")
+        ax_share.axhline(1 - COLLAPSED_SHARE, color=style.NEUTRAL, ls=":", lw=0.7, gid="collapse-threshold")
+        handles = [Line2D([], [], color=style.NEUTRAL, ls=":", lw=0.7, label=f"collapsed below {1 - COLLAPSED_SHARE:g}")]
+        handles += [Line2D([], [], color=style.NEUTRAL, marker=REGIME_MARKERS[w], ls="none", label=w)
+                    for w in REGIME_MARKERS if w in regimes]
+        ax_share.legend(handles=handles, loc="best")
         ax_share.set_ylabel(f"1 $-$ share of the top {c_minus_1 if c_minus_1 else 'C$-$1'} PCs")
-        ax_share.legend(loc="lower left")
-        ax_share.margins(y=0.25)
+        ax_share.margins(y=0.3)
     if ax_pr.has_data():
+        values = [ln.get_ydata()[0] for ln in ax_pr.get_lines()]
         if c_minus_1:
             ax_pr.axhline(c_minus_1, color=style.NEUTRAL, ls=":", lw=0.7, gid="c-minus-1", label=f"C $-$ 1 = {c_minus_1}")
-            ax_pr.legend(loc="lower right")
+            values.append(c_minus_1)
+            ax_pr.legend(loc="best")
+        if max(values) / max(min(values), 1e-12) > 10:
+            ax_pr.set_yscale("log")
+            style.plain_log_ticks(ax_pr.yaxis)
         ax_pr.set_ylabel("participation ratio")
-

@@ -70,10 +70,12 @@ def ensemble_accuracy(ensemble: Frame) -> Figure:
         for index, ((width,), group) in enumerate(chunks.groups(["width"])):
             curve = _accuracy_curve(group, group["members"], chunks_from_error)
             total = Curve(curve.x * width, curve.mean, curve.sem, curve.n)
-            # One legend entry for the whole family: the lines differ only by chunk size, shown in (c).
-            errorbar(ax_total, total, f"chunk-average-total:{width:g}",
-                      "chunks of the widest network, averaged" if index == 0 else "", chunk_colour[width],
-                      ls=":", lw=0.9, ms=2.5, alpha=0.8)
+            # One legend entry for the family; each line is named at its first point by its chunk size.
+            name = "chunks of the widest network, averaged\n(labelled by $w_c$ at their first point)"
+            errorbar(ax_total, total, f"chunk-average-total:{width:g}", name if index == 0 else "", chunk_colour[width],
+                     ls=":", lw=0.9, ms=2.5, alpha=0.8)
+            ax_total.annotate(f"{width:g}", (total.x[0], total.mean[0]), textcoords="offset points", xytext=(-3, 2),
+                              ha="right", fontsize=5.5, color=chunk_colour[width], gid=f"chunk-average-name:{width:g}")
             totals_seen.update(total.x.tolist())
         if len(wide):
             points = _accuracy_curve(wide, wide["width"], wide_from_error)
@@ -85,8 +87,14 @@ def ensemble_accuracy(ensemble: Frame) -> Figure:
             ax_members.axhline(points.mean[-1], color=style.NEUTRAL, lw=0.8, ls="--", gid=f"wide-reference:{points.x[-1]:g}",
                                label=f"single network, W = {points.x[-1]:g}")
         if len(error_inf):
+            accuracy_inf = 1 - float(np.mean(error_inf["value"]))
+            # error_inf of a pool of one network is that network's error: one line, said so, not two on top of each other
+            same = len(wide) and abs(accuracy_inf - float(points.mean[-1])) < 1e-12
             for ax in (ax_members, ax_total):
-                ax.axhline(1 - float(np.mean(error_inf["value"])), color=style.NEUTRAL, lw=0.8, ls=":", gid="accuracy-inf",
+                if same and ax is ax_members:
+                    ax.lines[-1].set_label(f"single network, W = {points.x[-1]:g} = 1 $-$ error$_\\infty$ (one member)")
+                    continue
+                ax.axhline(accuracy_inf, color=style.NEUTRAL, lw=0.8, ls=":", gid="accuracy-inf",
                            label=r"1 $-$ error$_\infty$")
         for ax, seen, xlabel, title in (
                 (ax_members, members_seen, "members in the ensemble", "(a) accuracy against ensemble size"),
@@ -101,7 +109,9 @@ def ensemble_accuracy(ensemble: Frame) -> Figure:
         for ax, keep in ((ax_members, None), (ax_total, shown)):
             handles, labels = ax.get_legend_handles_labels()
             pairs = [(h, lab) for h, lab in zip(handles, labels, strict=True) if keep is None or lab not in keep]
-            if pairs:
+            if pairs and ax is ax_members:  # one entry per member width: beside the panel, never over its lines
+                ax.legend(*zip(*pairs, strict=True), loc="center left", bbox_to_anchor=(1.0, 0.5))
+            elif pairs:  # (b) rises from the lower left and saturates at the top: its lower right is free
                 ax.legend(*zip(*pairs, strict=True), loc="lower right")
         panel = iter(axes[2:])
         if len(chunks):

@@ -99,7 +99,7 @@ def _excess_panel(ax: Axes, key: NetworkKey, clones: Frame | None, summary: Fram
     ax.set_yscale("log")
     style.plain_log_ticks(ax.yaxis)
     ax.set_ylabel(ylabel)
-    ax.legend(loc="lower left")
+    ax.legend(loc="best")
 
 
 def _excess_guide(ax: Axes, excess: Curve, c: float, origin: str, clone: Estimate | None) -> None:
@@ -145,11 +145,12 @@ def _reconstruction_panel(ax: Axes, clones: Frame | None, summary: Frame | None,
     lowest = min(float(np.min(c.mean)) for _, _, c in curves)
     ax.set_ylim(max(min(lowest, 0.9, *thresholds) - 0.05, -0.05), 1.02)
     ax.set_ylabel("$R^2$ of reconstruction")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
 
 
 def _residual_panel(ax: Axes, clones: Frame | None, summary: Frame | None, clone: Estimate | None) -> None:
-    variants = [("residual_abs_corr", "mean |off-diagonal corr.|"), ("residual_frob_corr", "Frobenius norm / size")]
+    variants = [("residual_abs_corr", "ours: mean |corr.|"), ("residual_frob_corr", "ours: RMS corr."),
+                ("residual_abs_corr_paper", "paper's: mean |corr.|")]
     curves = []
     for metric, label in variants:
         for split in ("test", "train->test", "train"):  # the paper's in-sample test residuals first

@@ -65,15 +65,18 @@ def clone_growth(summary: Frame, arch: str, dataset: str, n_clones: Frame) -> Gr
     return GrowthLine(fit.slope, fit.critical_width, float("nan"), float("nan"), "fitted to these networks", fit.status)
 
 
-def draw_clone_growth(ax: Axes, summary: Frame, arch: str, dataset: str, colour: str) -> bool:
-    """Points n_clones = W / w_c* of one (arch, dataset) with the growth line and critical width; False without points."""
+def draw_clone_growth(ax: Axes, summary: Frame, arch: str, dataset: str, colour: str, label: bool = True) -> bool:
+    """Points n_clones = W / w_c* of one (arch, dataset) with the growth line and critical width; False without points.
+
+    `label`: name the points after the family in the legend (not needed when a figure holds one family).
+    """
     rows = summary.where(metric="n_clones", chunk_size=None, arch=arch, dataset=dataset)
     rows = rows.filter(np.array([s != "all" for s in rows["source"]], dtype=bool)) if len(rows) else rows
     if not len(rows):
         return False
     points = curve_from_values(rows["width"], rows["mean"])  # sem over seeds at each width
     container = ax.errorbar(points.x, points.mean, yerr=points.sem, marker="o", ls="none", color=colour,
-                            label=f"{arch} on {dataset}", elinewidth=0.8)
+                            label=f"{arch} on {dataset}" if label else None, elinewidth=0.8)
     container.lines[0].set_gid(f"n_clones:{arch}:{dataset}")
     fit = clone_growth(summary, arch, dataset, rows)
     if fit is None:
@@ -82,12 +85,13 @@ def draw_clone_growth(ax: Axes, summary: Frame, arch: str, dataset: str, colour:
         right = max(points.x.max(), fit.critical_width) * 1.05
         # One clone (no mitosis) below the critical width, then the linear growth.
         ax.plot([0, fit.critical_width, right], [1, 1, 1 + fit.slope * (right - fit.critical_width)], color=colour,
-                lw=1.0, gid=f"fit:{arch}:{dataset}", label=f"linear fit, {fit.slope * 1000:.3g} per 1000 neurons")
+                lw=1.0, gid=f"fit:{arch}:{dataset}", label=f"fit: {fit.slope * 1000:.3g} clones per 1000 neurons")
         if np.isfinite(fit.lo) and np.isfinite(fit.hi) and fit.hi > fit.lo:
             ax.axvspan(fit.lo, fit.hi, color=colour, alpha=0.12, lw=0)
         undetermined = fit.status.startswith("undetermined")
+        origin = f" ({fit.origin})" if label else ""
         ax.axvline(fit.critical_width, color=colour, ls="--", lw=0.8, gid=f"critical-width:{arch}:{dataset}",
-                   label=f"critical width {fit.critical_width:.0f} ({fit.origin}{'; undetermined' if undetermined else ''})")
+                   label=f"critical width {fit.critical_width:.0f}{origin}{', undetermined' if undetermined else ''}")
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     return True
