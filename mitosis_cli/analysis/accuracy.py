@@ -28,7 +28,8 @@ import torch
 from mitosis_cli.analysis.chunk_regression import RidgeSolver
 from mitosis_cli.analysis.reconstruction import RIDGE_ALPHA, Moments
 
-_GATHER_BYTES = 8 << 20  # gathered (repeats x size x rows) float32 block: stays in the shared L3 cache
+_GATHER_BYTES = 2 << 20  # gathered (repeats x size x rows) float32 block: stays in the cache
+_PIECE_ROWS = 256  # rows transposed and gathered at a time
 
 
 def one_hot(labels: np.ndarray | torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -126,13 +127,13 @@ def count_correct(features: np.ndarray | torch.Tensor, labels: np.ndarray | torc
 
     Notes
     -----
-    The block is transposed once (W x n), so gathering a chunk's neurons copies whole rows of length n;
-    the chunks' logits come from one batched GEMM of the gathered (R, s, n) block with the readouts'
-    stacked (R, C_total, s) weights: n s C_total multiply-adds per chunk, the arithmetic the metric
-    needs. Identical chunks (every chunk of size W) are computed once.
+    Pieces of 256 rows are transposed (W x n), so gathering a chunk's neurons copies whole rows of
+    length n from the cache; the chunks' logits come from one batched GEMM of the gathered (R, s, n)
+    block with the readouts' stacked (R, C_total, s) weights: n s C_total multiply-adds per chunk, the
+    arithmetic the metric needs. Identical chunks (every chunk of size W) are computed once.
     """
     device = readouts[0].coef.device
-    xt = torch.as_tensor(features).to(device, torch.float32).T.contiguous()  # (W, n)
+    x = torch.as_tensor(features).to(device, torch.float32)
     y = torch.as_tensor(labels).to(device, torch.int64)
     idx_all = np.asarray(chunks, np.int64)
     position: dict[bytes, int] = {}
@@ -144,21 +145,39 @@ def count_correct(features: np.ndarray | torch.Tensor, labels: np.ndarray | torc
             first.append(i)
     idx = torch.as_tensor(idx_all[first], device=device)
     repeats, size = idx.shape
-    n = xt.shape[1]
     weights = torch.cat([r.coef[first] for r in readouts], dim=2).transpose(1, 2).contiguous()  # (R', K, s)
+    intercepts = [r.intercept[first][:, :, None] for r in readouts]
     counts = [torch.zeros(len(r.scales), repeats, dtype=torch.int64, device=device) for r in readouts]
-    group = max(1, _GATHER_BYTES // (4 * max(1, n * size)))
-    for start in range(0, repeats, group):
-        sel = slice(start, start + group)
-        gathered = xt.index_select(0, idx[sel].reshape(-1)).view(-1, size, n)  # (g, s, n)
-        products = torch.bmm(weights[sel], gathered)  # (g, K, n)
+    for p0 in range(0, x.shape[0], _PIECE_ROWS):  # a piece of rows, transposed, stays in cache while it is gathered
+        xt = x[p0 : p0 + _PIECE_ROWS].T.contiguous()  # (W, n)
+        n = xt.shape[1]
+        products = torch.empty(repeats, weights.shape[1], n, device=device)
+        group = max(1, _GATHER_BYTES // (4 * n * size))
+        for start in range(0, repeats, group):
+            sel = slice(start, start + group)
+            gathered = xt.index_select(0, idx[sel].reshape(-1)).view(-1, size, n)  # (g, s, n)
+            torch.bmm(weights[sel], gathered, out=products[sel])
         offset = 0
         for r, readout in enumerate(readouts):
             classes = readout.coef.shape[2]
             part = products[:, offset : offset + classes, :]
             offset += classes
-            intercept = readout.intercept[first][sel][:, :, None]
             for k, scale in enumerate(readout.scales):
-                logits = part + intercept if scale == 1.0 else torch.addcmul(intercept, part, torch.tensor(scale))
-                counts[r][k, sel] = (logits.argmax(1) == y).sum(1)
+                logits = part + intercepts[r] if scale == 1.0 else torch.addcmul(intercepts[r], part, torch.tensor(scale))
+                counts[r][k] += _argmax_hits(logits, y[p0 : p0 + n])
     return [c.cpu().numpy()[:, back] for c in counts]
+
+
+def _argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per chunk, the rows whose argmax over classes (the first maximum, as torch.argmax) is the label.
+
+    logits (R, C, n): a running maximum over the C contiguous (R, n) planes; torch.argmax over the middle
+    dimension of such a tensor costs more than the GEMM that made it.
+    """
+    best = logits[:, 0].clone()
+    arg = torch.zeros(best.shape, dtype=torch.int64, device=best.device)
+    for c in range(1, logits.shape[1]):
+        better = logits[:, c] > best
+        torch.where(better, logits[:, c], best, out=best)
+        arg.masked_fill_(better, c)
+    return (arg == labels).sum(1)

@@ -20,12 +20,12 @@ def show_verdict(result: DemoResult) -> None:
     stderr.print("\n[bold]Representation mitosis, measured[/]")
     if result.clone_sizes:
         stderr.print("  clone size w_c*: " + ", ".join(f"W={w}: {c:.1f}" for w, c in result.clone_sizes.items()))
+    if result.regimes:
+        stderr.print("  regime: " + ", ".join(f"W={w}: {word}" for w, word in result.regimes.items()), markup=False)
     if result.noise:
         noise = result.noise["one_minus_r2"]
-        kind = ("near-collapse: the layer is almost exactly low-rank, chunks differ by almost no noise"
-                if noise < 1e-3 else "chunks differ by noise")
         stderr.print(f"  noise left by {result.noise['chunk']}-neuron chunks of W={result.noise['widest']}: "
-                     f"1 - R^2 = {noise:.1e} ({kind})", markup=False)
+                     f"1 - R^2 = {noise:.1e}", markup=False)
     for claim in result.claims:
         colour = {True: "green", False: "red", None: "yellow"}[claim.holds]
         stderr.print(f"  ({claim.key}) {claim.statement}: [{colour}]{claim.verdict}[/]")

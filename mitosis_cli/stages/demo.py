@@ -208,12 +208,14 @@ class DemoResult:
     noise: dict[str, Any]  # widest, chunk, one_minus_r2 (1 - R^2 of chunks twice the clone size)
     controls: dict[str, Any]
     steps: list[dict[str, Any]]  # stage, command, skipped (the output was already current)
+    regimes: dict[int, str] = field(default_factory=dict)  # width -> regime word (`analysis.collapse.regime`)
 
     def to_json(self) -> dict[str, Any]:
         return {"plan": self.plan, "out": str(self.out), "report": str(self.report / "index.html"),
                 "claims": [{"key": c.key, "statement": c.statement, "verdict": c.verdict, "holds": c.holds,
                             "evidence": c.evidence, "numbers": c.numbers} for c in self.claims],
-                "clone_size": self.clone_sizes, "noise": self.noise, "controls": self.controls, "steps": self.steps}
+                "clone_size": self.clone_sizes, "noise": self.noise, "regimes": self.regimes, "controls": self.controls,
+                "steps": self.steps}
 
 
 def _noise(rows: list[dict[str, Any]], sizes: dict[int, float]) -> dict[str, Any]:
@@ -254,8 +256,9 @@ def run_demo(settings: DemoSettings, on_step: OnStep = no_progress,
     if settings.controls:
         controls = {name: _control_verdict(control_grid(grid, name).analysis_dir(dataset) / "clones") for name in CONTROLS}
     sizes = clone_sizes(rows)
+    regimes = {int(r["width"]): str(r["status"]) for r in rows if r["metric"] == "regime" and r.get("status")}
     result = DemoResult(steps.plan.name, settings.out, folder / "report", folder / "demo-summary.json", claims, sizes,
-                        _noise(rows, sizes), controls, records)
+                        _noise(rows, sizes), controls, records, dict(sorted(regimes.items())))
     with output_lock(result.summary), atomic_path(result.summary) as tmp:
         tmp.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True, default=str) + "\n")
     return result
