@@ -158,8 +158,9 @@ class ChunkRegression:
             # ||Z_S||^2 = <S_SS, B_S> = tr S_SS - alpha s + alpha^2 tr G^-1 and ||B_S||^2 in closed form
             outside = torch.ones(w, dtype=torch.bool, device=chunk.device)
             outside[chunk] = False
-            targets: torch.Tensor | None = outside.nonzero().squeeze(1)
-            cross = rows.index_select(1, targets)
+            rest = outside.nonzero().squeeze(1)
+            targets: torch.Tensor | None = rest
+            cross = rows.index_select(1, rest)
             ginv = solver.inverse()
             tr_ginv = float(ginv.trace())
             z_inside = float(gram.trace()) - 2 * alpha * s + alpha**2 * tr_ginv

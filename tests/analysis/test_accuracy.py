@@ -54,3 +54,23 @@ def test_probe_matches_sklearn_ridge_on_one_hot() -> None:
 def test_one_hot() -> None:
     np.testing.assert_array_equal(one_hot(np.array([2, 0]), 3).numpy(), [[0, 0, 1], [1, 0, 0]])
     assert one_hot(torch.tensor([1]), 2).dtype == torch.float64
+
+
+def _previous_counts(x: np.ndarray, labels: np.ndarray, chunks: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                     scale: float) -> np.ndarray:
+    """The implementation before the transposed gather: X[:, S] gathered per chunk, times A[:, S]^T scaled, plus b."""
+    xt = torch.as_tensor(x)
+    coef = torch.as_tensor(weight).T[torch.as_tensor(chunks)] * scale  # (R, s, C)
+    gathered = xt[:, torch.as_tensor(chunks)].permute(1, 0, 2)  # (R, n, s)
+    logits = torch.bmm(gathered, coef) + torch.as_tensor(bias)
+    return (logits.argmax(2) == torch.as_tensor(labels)).sum(1).numpy()
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 200])
+def test_counts_equal_the_previous_implementation(size: int) -> None:
+    x, labels, weight, bias = _data(4, n=700, width=256, classes=10)
+    chunks = draw_chunks(256, size, 30, seed=2)
+    head = head_readouts(weight, bias, chunks, rescale=True)
+    got = count_correct(x, labels, chunks, [head])[0]
+    for row, scale in zip(got, (1.0, 256 / size), strict=True):
+        np.testing.assert_array_equal(row, _previous_counts(x, labels, chunks, weight, bias, scale))

@@ -194,3 +194,21 @@ def test_unavailable_device_is_refused(acts_factory, capsys) -> None:
     path = acts_factory(n=100, width=16, clone_size=4)
     assert main(["clones", str(path), "--device", "cuda", "-q"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_file_without_a_head_is_measured_without_what_needs_it(acts_factory, capsys) -> None:
+    path = acts_factory(n=200, width=32, clone_size=4)
+    with h5py.File(path, "r+") as f:  # as `mitosis import` writes features it has no head for
+        del f["head"], f["train/logits"], f["test/logits"]
+    assert main(["clones", str(path), *FAST[:-1], "--ii-points", "50", "--json"]) == 0
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out)
+    assert payload["files"][0]["skipped_metrics"] == ["chunk_accuracy", "chunk_error"]
+    assert payload["notes"] and "no trained head" in payload["notes"][0] and "no trained head" in captured.err
+    clones, _ = read_clones(path.parent / "clones.parquet")
+    metrics = set(clones["metric"].to_pylist())
+    assert not metrics & {"chunk_accuracy", "chunk_error"}
+    assert {"reconstruction_r2", "probe_accuracy", "residual_abs_corr_paper", "ii_chunk_to_full"} <= metrics
+    summary, _ = read_clones_summary(path.parent / "clones-summary.parquet")
+    assert _rows(summary, metric="skipped_metrics")["status"][0].as_py().startswith("chunk_accuracy, chunk_error")
+    assert _rows(summary, metric="regime")["status"][0].as_py() in REGIMES

@@ -197,10 +197,10 @@ def _collapse_panels(ax_share: Axes, ax_pr: Axes, nets: list, colours: dict) -> 
         ax_share.set_ylabel(f"1 $-$ share of the top {c_minus_1 if c_minus_1 else 'C$-$1'} PCs")
         ax_share.margins(y=0.3)
     if ax_pr.has_data():
-        values = [ln.get_ydata()[0] for ln in ax_pr.get_lines()]
+        values = [float(np.asarray(ln.get_ydata())[0]) for ln in ax_pr.get_lines()]
         if c_minus_1:
             ax_pr.axhline(c_minus_1, color=style.NEUTRAL, ls=":", lw=0.7, gid="c-minus-1", label=f"C $-$ 1 = {c_minus_1}")
-            values.append(c_minus_1)
+            values.append(float(c_minus_1))
             ax_pr.legend(loc="best")
         if max(values) / max(min(values), 1e-12) > 10:
             ax_pr.set_yscale("log")
