@@ -130,9 +130,14 @@ def _correlation_panel(ax: Axes, nets: list, colours: dict) -> None:
         curve = metric_curve(rows, summ, "residual_abs_corr_paper", "test")
         if curve is None:  # tables from before the paper's definition: ours, said so in the legend
             curve, ours = metric_curve(rows, summ, "residual_abs_corr", "test"), True
-        if curve is None or not len(curve.positive()):
+        if curve is None:
             continue
-        errorbar(ax, curve.positive(), f"across-corr:{key[2]}", "", colours[key], ms=2.5)
+        # the whole layer as a chunk leaves only O(alpha) residuals: nothing to show on a log axis
+        inside = curve.x < key[2]
+        curve = Curve(curve.x[inside], curve.mean[inside], curve.sem[inside], curve.n[inside]).positive()
+        if not len(curve):
+            continue
+        errorbar(ax, curve, f"across-corr:{key[2]}", "", colours[key], ms=2.5)
         drawn = True
     if not drawn:
         no_data(ax, "residual correlation")
@@ -148,7 +153,7 @@ def _clones_panel(ax: Axes, keys: Sequence[NetworkKey], summary: Frame | None) -
         return
     ax.set_xlabel(SHORT_WIDTH_AXIS)
     ax.set_ylabel("clones $W / w_c^*$")
-    ax.legend(loc="best")
+    ax.legend(loc="lower right")  # the points rise from the origin to the upper right
 
 
 REGIME_MARKERS = {"collapsed": "s", "noisy-clones": "o", "no-clones": "X"}
@@ -185,6 +190,7 @@ def _collapse_panels(ax_share: Axes, ax_pr: Axes, nets: list, colours: dict) -> 
             continue
         ax.set_xscale("log", base=2)
         style.power_of_two_ticks(ax.xaxis, [k[2] for k, _, _ in nets])
+        _thin_ticks(ax, most=5)
         ax.set_xlabel(SHORT_WIDTH_AXIS)
     c_minus_1 = max(classes) - 1 if classes else None
     if ax_share.has_data():
