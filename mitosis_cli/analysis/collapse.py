@@ -82,7 +82,10 @@ def collapse_diagnostics(scatter: torch.Tensor, mean: torch.Tensor, n: int, widt
     # Sigma_W = (S_XX - sum_c n_c (mu_c - mu)(mu_c - mu)^T) / N; Sigma_B^+ from the SVD of the deviations
     within = (s_xx - (deviations * counts) @ deviations.T) / n
     u, sv, _ = torch.linalg.svd(deviations, full_matrices=False)
-    rank = sv > float(sv.max()) * max(deviations.shape) * torch.finfo(sv.dtype).eps if sv.numel() else sv > 0
+    # rank C - 1 at most (sum_c n_c (mu_c - mu) = 0): the pseudo-inverse drops the eigenvalues sv^2 of Sigma_B
+    # below W eps of the largest, as numpy's pinv of the W x W matrix does; a rounding-level sv left in would
+    # divide Sigma_W by ~1e-30
+    rank = sv.square() > float(sv.max()) ** 2 * width * torch.finfo(sv.dtype).eps if sv.numel() else sv > 0
     u, sv = u[:, rank], sv[rank]
     # tr(Sigma_W Sigma_B^+) / C with Sigma_B = D D^T / C: tr(Sigma_W U diag(C / sv^2) U^T) / C
     nc1 = float(((u * (within @ u)).sum(0) / sv.square()).sum()) if sv.numel() else float("nan")

@@ -83,3 +83,14 @@ def test_regime_needs_the_clone_size_constant_across_widths() -> None:
     assert {regime(f, growing) for f in growing} == {"no-clones"}
     other_family = [_facts(512, 200.0, family="wrn|d")]
     assert regime(constant[0], [*constant, *other_family]) == "noisy-clones"
+
+
+def test_nc1_of_a_perfectly_separated_split_stays_finite() -> None:
+    """Class means of rank C - 1 in a narrow layer, no spread: the rounding-level C-th direction is dropped."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 10, 4000)
+    # float32 features far from the origin, as a BatchNorm-ended layer's: the moments' rounding leaves the
+    # (rank-deficient) class-mean directions a C-th singular value of ~5e-15 of the largest
+    x = (rng.standard_normal((10, 16))[labels] + 1e-6 * rng.standard_normal((4000, 16)) + 100).astype(np.float32)
+    got = _diagnostics(x.astype(np.float64), labels, 10)
+    assert got.nc1 == pytest.approx(_reference(x.astype(np.float64), labels)[2], rel=1e-2) and got.nc1 < 1e-6
