@@ -89,21 +89,26 @@ def probe_readouts(moments: Moments, width: int, chunks: np.ndarray, alpha: floa
     returned in float32, in the layout of `head_readouts`.
     """
     scatter = moments.scatter
-    targets = torch.arange(width, moments.dim, device=scatter.device)
-    fits: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}  # the same set (e.g. size W): one fit
-    coefs, intercepts = [], []
-    for chunk in np.asarray(chunks, np.int64):
-        key = chunk.tobytes()
-        if key not in fits:
-            idx = torch.as_tensor(chunk, device=scatter.device)
-            rows = scatter.index_select(0, idx)
-            gram = rows.index_select(1, idx)
-            gram.diagonal().add_(alpha)
-            coef = RidgeSolver(gram, alpha).solve(rows.index_select(1, targets))
-            fits[key] = (coef, moments.mean.index_select(0, targets) - coef.T @ moments.mean.index_select(0, idx))
-        coefs.append(fits[key][0])
-        intercepts.append(fits[key][1])
-    return Readout(torch.stack(coefs).float(), torch.stack(intercepts).float())
+    cross_all = scatter[:width, width:]  # S_XY, (W, C)
+    idx_all = np.asarray(chunks, np.int64)
+    repeats, size = idx_all.shape
+    # written in place: nothing small stays allocated between the chunks' large temporaries, so the
+    # C heap can reuse their space instead of growing around what is kept
+    coef_out = torch.empty(repeats, size, cross_all.shape[1], dtype=torch.float32, device=scatter.device)
+    intercept_out = torch.empty(repeats, cross_all.shape[1], dtype=torch.float32, device=scatter.device)
+    first: dict[bytes, int] = {}  # the same set (e.g. size W): one fit
+    for r, chunk in enumerate(idx_all):
+        earlier = first.setdefault(chunk.tobytes(), r)
+        if earlier != r:
+            coef_out[r], intercept_out[r] = coef_out[earlier], intercept_out[earlier]
+            continue
+        idx = torch.as_tensor(chunk, device=scatter.device)
+        gram = scatter.index_select(0, idx).index_select(1, idx)
+        gram.diagonal().add_(alpha)
+        coef = RidgeSolver(gram, alpha).solve(cross_all.index_select(0, idx))
+        coef_out[r] = coef
+        intercept_out[r] = moments.mean[width:] - coef.T @ moments.mean.index_select(0, idx)
+    return Readout(coef_out, intercept_out)
 
 
 def count_correct(features: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, chunks: np.ndarray,

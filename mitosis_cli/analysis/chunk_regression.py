@@ -14,7 +14,7 @@ triangle), which is where the residual correlations live.
 
 The residual block is formed and reduced in row blocks that stay in the processor's cache, lower
 triangle only (it is symmetric), so each chunk reads S_cc once from memory and never holds an m x m
-matrix. For small chunks (s <= W / 4) the block is taken over all W neurons in their own order (no
+matrix. For small chunks (s < W / 16) the block is taken over all W neurons in their own order (no
 gather of S_cc; the chunk's own rows are masked out of the sums); for larger ones over the m outside
 neurons (gathered), where the complement saves more arithmetic than the gather costs.
 
@@ -32,7 +32,7 @@ import torch
 _DEGENERATE = 1e-10  # residual variance below this fraction of a neuron's variance: perfectly reconstructed
 PAPER_EPSILON = 1e-8  # the paper's regulariser of the correlation's denominator, in covariance units
 _BLOCK_BYTES = 4 << 20  # a row block of the residual matrix: stays in the shared L3 cache
-_GATHER_ABOVE = 0.25  # chunks larger than this fraction of W work on the gathered complement
+_GATHER_FROM = 1 / 16  # chunks of at least this fraction of W work on the gathered complement
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,9 @@ class ChunkRegression:
         gram = rows.index_select(1, chunk)
         gram.diagonal().add_(alpha)
         solver = RidgeSolver(gram, alpha)
-        if solver.cholesky and s > _GATHER_ABOVE * w:
+        trace_gram = float(gram.trace())
+        del gram
+        if solver.cholesky and s >= _GATHER_FROM * w:
             # the m outside neurons only; the chunk's own columns have B_S = I - alpha G^-1, so
             # ||Z_S||^2 = <S_SS, B_S> = tr S_SS - alpha s + alpha^2 tr G^-1 and ||B_S||^2 in closed form
             outside = torch.ones(w, dtype=torch.bool, device=chunk.device)
@@ -163,7 +165,7 @@ class ChunkRegression:
             cross = rows.index_select(1, rest)
             ginv = solver.inverse()
             tr_ginv = float(ginv.trace())
-            z_inside = float(gram.trace()) - 2 * alpha * s + alpha**2 * tr_ginv
+            z_inside = trace_gram - 2 * alpha * s + alpha**2 * tr_ginv
             b_inside = s - 2 * alpha * tr_ginv + alpha**2 * float(ginv.square().sum())
         else:  # all W neurons in their own order; the chunk's rows are masked out of the correlations
             targets, cross, ginv = None, rows, None
@@ -278,12 +280,17 @@ class OutOfSample:
 
     def __init__(self, fit_scatter: torch.Tensor, fit_mean: torch.Tensor, test_scatter: torch.Tensor,
                  test_mean: torch.Tensor, test_n: int, alpha: float) -> None:
-        delta = test_mean - fit_mean
-        self.fit = fit_scatter
-        self.d = torch.addr(test_scatter, delta, delta, alpha=float(test_n))  # sum_test (x - mu_fit)(x - mu_fit)^T
-        self.trace_d = float(self.d.trace())
+        self.fit, self.test, self.n = fit_scatter, test_scatter, test_n
+        self.delta = test_mean - fit_mean  # D = S_test + n delta delta^T, never formed: its blocks are, per chunk
+        self.trace_d = float(test_scatter.trace()) + test_n * float(self.delta @ self.delta)
         self.alpha = alpha
         self.width = int(fit_scatter.shape[0])
+
+    def _d_block(self, rows: torch.Tensor, chunk: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        """D[chunk, cols] (all columns when `cols` is None) from the test split's rows S_test[chunk, :]."""
+        block = rows if cols is None else rows.index_select(1, cols)
+        delta_cols = self.delta if cols is None else self.delta.index_select(0, cols)
+        return block.addr_(self.delta.index_select(0, chunk), delta_cols, alpha=float(self.n))
 
     def rss(self, chunk: torch.Tensor) -> float:
         """sum_test ||x - B^T (x_S - mu_S) - mu||^2 for the fit's ridge from `chunk` (sorted int64 indices)."""
@@ -291,18 +298,23 @@ class OutOfSample:
         fit_rows = self.fit.index_select(0, chunk)
         gram = fit_rows.index_select(1, chunk)
         gram.diagonal().add_(alpha)
-        d_rows = self.d.index_select(0, chunk)
-        d_ss = d_rows.index_select(1, chunk)
         solver = RidgeSolver(gram, alpha)
-        if s <= _GATHER_ABOVE * w:  # small chunks: B over all W columns, rss = tr D - 2 <B, D_SW> + <B, D_SS B>
+        del gram
+        test_rows = self.test.index_select(0, chunk)
+        d_ss = self._d_block(test_rows, chunk, chunk)
+        if s < _GATHER_FROM * w:  # small chunks: B over all W columns, rss = tr D - 2 <B, D_SW> + <B, D_SS B>
             coef = solver.solve(fit_rows)
+            d_rows = self._d_block(test_rows, chunk, None)
             return self.trace_d - 2.0 * float((coef * d_rows).sum()) + float((coef * (d_ss @ coef)).sum())
         outside = torch.ones(w, dtype=torch.bool, device=chunk.device)
         outside[chunk] = False
         rest = outside.nonzero().squeeze(1)
-        coef = solver.solve(fit_rows.index_select(1, rest))  # B_c
-        d_sc = d_rows.index_select(1, rest)
-        del fit_rows, d_rows
+        cross = fit_rows.index_select(1, rest)
+        del fit_rows
+        d_sc = self._d_block(test_rows, chunk, rest)
+        del test_rows
+        coef = solver.solve(cross)  # B_c
+        del cross
         ginv = solver.inverse()
         trace_dss = float(d_ss.trace())
         # the chunk's own neurons keep the residual alpha G^-1 d_S: alpha^2 <G^-1, D_SS G^-1> <= alpha^2 ||G^-1||_F^2 tr D_SS,

@@ -236,8 +236,11 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
         if split == "train" and "test" in header.splits:
             probes = {s: accuracy.probe_readouts(moments["train"], width, acc_chunks[s]) for s in sizes}
             probes = {s: accuracy.Readout(p.coef.to(device), p.intercept.to(device)) for s, p in probes.items()}
+        return_freed_memory_to_os()  # the phase's temporaries: freed, but kept by the C heap until trimmed
         step(f"{split}: moments, chunk and probe accuracy")
 
+    del head, probes, readouts  # the readouts' (repeats x size x C) weights are done with
+    collapse = {split: collapse_diagnostics(m.scatter, m.mean, m.n, width) for split, m in moments.items()}
     layer = moments[main].leading(width)
     fit = moments["train"].leading(width) if main == "test" and "train" in moments else None
     for s in sizes:
@@ -248,6 +251,7 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
         out.add(main, "residual_abs_corr_paper", s, scores.residual_abs_corr_paper)
         if scores.r2_out_of_sample is not None:
             out.add("train->test", "reconstruction_r2", s, scores.r2_out_of_sample)
+        return_freed_memory_to_os()
     step("reconstruction R^2 and residual correlations")
 
     # one more pass over the main split: the residuals' shape needs the residuals themselves
@@ -258,6 +262,8 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
     for block in source.iter_blocks(main, rows=max(64, BLOCK_BYTES // (4 * width))):
         shape.update(torch.from_numpy(block).to(device))
     diag = shape.result()
+    del shape, layer, fit, moments  # Information Imbalance needs only its subsample
+    return_freed_memory_to_os()
     for name in ("abs_skew", "abs_excess_kurtosis", "abs_sq_corr"):
         for s in sizes:
             picked = [i for i, (size, _, _) in enumerate(diag_chunks) if size == s]
@@ -273,7 +279,6 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
             out.add(main, "ii_chunk_to_full", s, part[:, 0], n_points=len(x_ii), k=cfg.ii_k)
             out.add(main, "ii_full_to_chunk", s, part[:, 1], n_points=len(x_ii), k=cfg.ii_k)
     step("information imbalance")
-    collapse = {split: collapse_diagnostics(m.scatter, m.mean, m.n, width) for split, m in moments.items()}
     skipped = () if header.has_head else tuple(m + suffix for m in ("chunk_accuracy", "chunk_error")
                                                for suffix in ("", "_rescaled") if suffix == "" or cfg.rescale)
     return out, MeasuredNetwork(identity, main, tuple(sizes), collapse, skipped)
