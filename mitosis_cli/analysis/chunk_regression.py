@@ -24,7 +24,11 @@ coefficients of the m outside neurons only: those of the chunk's own are I - alp
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -33,6 +37,12 @@ _DEGENERATE = 1e-10  # residual variance below this fraction of a neuron's varia
 PAPER_EPSILON = 1e-8  # the paper's regulariser of the correlation's denominator, in covariance units
 _BLOCK_BYTES = 4 << 20  # a row block of the residual matrix: stays in the shared L3 cache
 _GATHER_FROM = 1 / 16  # chunks of at least this fraction of W work on the gathered complement
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    """Two worker threads for the small chunks' residual blocks (torch releases the GIL in its ops)."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="mitosis-blocks")
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,17 @@ class _PairSums:
             powers = inv[:, None] ** torch.arange(1, self.SERIES_TERMS + 1, dtype=d.dtype, device=d.device)
             self.columns = torch.cat([u[:, None], powers], dim=1)  # (m, 1 + K)
             self.signs = (-e) ** torch.arange(self.SERIES_TERMS, dtype=d.dtype, device=d.device)
+
+    def empty(self) -> _PairSums:
+        """A fresh accumulator sharing this one's weights (one per worker thread)."""
+        fresh = copy.copy(self)
+        fresh.abs = fresh.sq = fresh.paper = 0.0
+        return fresh
+
+    def merged(self, parts: Sequence[_PairSums]) -> _PairSums:
+        total = self.empty()
+        total.abs, total.sq, total.paper = (sum(getattr(p, name) for p in parts) for name in ("abs", "sq", "paper"))
+        return total
 
     def add(self, block: torch.Tensor, rows: slice, cols: slice, weight: float) -> None:
         """Add a block of R (targets `rows` x `cols`), each pair counted `weight` times (1/2 on the diagonal)."""
@@ -227,29 +248,41 @@ class ChunkRegression:
         """Form R = S_tt - left^T right in cache-sized row blocks (lower triangle) and reduce each block.
 
         Over all neurons (`targets` None), the chunk's own rows and columns are zeroed: S - left^T right
-        would give them by cancellation; `_chunk_pairs` adds their exact O(alpha^2) values.
+        would give them by cancellation; `_chunk_pairs` adds their exact O(alpha^2) values. Those small
+        chunks' blocks are memory- and element-bound, work that one thread does no faster than one op
+        at a time: two threads take every other block each.
         """
         m = int(u.shape[0])
         rows = max(32, _BLOCK_BYTES // (8 * max(m, 1)))
-        sums = _PairSums(u, d, self.e)
         inside = chunk.cpu().numpy() if chunk is not None else None
-        for r0 in range(0, m, rows):
-            r1 = min(m, r0 + rows)
-            if targets is None:
-                block = torch.addmm(self.s[r0:r1, :r1], left[:, r0:r1].T, right[:, :r1], alpha=-1.0)
-            else:
-                block = self.s.index_select(0, targets[r0:r1]).index_select(1, targets[:r1])
-                block.addmm_(left[:, r0:r1].T, right[:, :r1], alpha=-1.0)
-            if inside is not None:
-                cols = torch.as_tensor(inside[inside < r1], device=block.device)
-                here = torch.as_tensor(inside[(inside >= r0) & (inside < r1)] - r0, device=block.device)
-                block.index_fill_(1, cols, 0.0).index_fill_(0, here, 0.0)
-            diag_values = block[:, r0:r1].diagonal().clone()
-            if r0 > 0:
-                sums.add(block[:, :r0], slice(r0, r1), slice(0, r0), 1.0)
-            sums.add(block[:, r0:r1], slice(r0, r1), slice(r0, r1), 0.5)
-            sums.remove_half_diagonal(diag_values, slice(r0, r1))
-        return sums
+        template = _PairSums(u, d, self.e)
+
+        def reduce_blocks(starts: list[int]) -> _PairSums:
+            sums = template.empty()
+            for r0 in starts:
+                r1 = min(m, r0 + rows)
+                if targets is None:
+                    block = torch.addmm(self.s[r0:r1, :r1], left[:, r0:r1].T, right[:, :r1], alpha=-1.0)
+                else:
+                    block = self.s.index_select(0, targets[r0:r1]).index_select(1, targets[:r1])
+                    block.addmm_(left[:, r0:r1].T, right[:, :r1], alpha=-1.0)
+                if inside is not None:
+                    cols = torch.as_tensor(inside[inside < r1], device=block.device)
+                    here = torch.as_tensor(inside[(inside >= r0) & (inside < r1)] - r0, device=block.device)
+                    block.index_fill_(1, cols, 0.0).index_fill_(0, here, 0.0)
+                diag_values = block[:, r0:r1].diagonal().clone()
+                if r0 > 0:
+                    sums.add(block[:, :r0], slice(r0, r1), slice(0, r0), 1.0)
+                sums.add(block[:, r0:r1], slice(r0, r1), slice(r0, r1), 0.5)
+                sums.remove_half_diagonal(diag_values, slice(r0, r1))
+            return sums
+
+        starts = list(range(0, m, rows))
+        if targets is None and len(starts) > 1 and torch.get_num_threads() > 1:
+            parts = list(_pool().map(reduce_blocks, [starts[0::2], starts[1::2]]))
+        else:
+            parts = [reduce_blocks(starts)]
+        return template.merged(parts)
 
 
 class OutOfSample:

@@ -32,11 +32,12 @@ def _reference(x: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
 
 
 @pytest.mark.parametrize("noise", [1e-4, 0.5])
-def test_diagnostics_match_the_definitions(noise: float) -> None:
+@pytest.mark.parametrize("width", [40, 200])  # the full spectrum, and Lanczos for the leading eigenvalues
+def test_diagnostics_match_the_definitions(noise: float, width: int) -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 6, 800)
     labels[labels == 5] = 4  # a class that never occurs: C counts the classes present
-    x = 3 * rng.standard_normal((6, 40))[labels] + noise * rng.standard_normal((800, 40)) + 2.0
+    x = 3 * rng.standard_normal((6, width))[labels] + noise * rng.standard_normal((800, width)) + 2.0
     got = _diagnostics(x, labels, 6)
     share, participation, nc1 = _reference(x, labels)
     assert got.classes == 5
