@@ -30,6 +30,7 @@ ours times m (m - 1) / (W (W - 1)), m = W - s, so the two must not be compared w
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,7 +92,7 @@ class MomentAccumulator:
         self.scatter = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)
         panels = 4 if dim >= 256 else 1
         edges = [round(i * dim / panels) for i in range(panels + 1)]
-        self._panels = list(zip(edges[:-1], edges[1:], strict=True))
+        self._panels = list(itertools.pairwise(edges))
 
     def update(self, block: np.ndarray | torch.Tensor) -> None:
         """Add the rows of a (n, D) block."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import pyarrow as pa
 
 from mitosis_cli.analysis import accuracy, reconstruction
 from mitosis_cli.analysis import chunks as chunking
-from mitosis_cli.analysis.collapse import collapse_diagnostics
+from mitosis_cli.analysis.collapse import Collapse, collapse_diagnostics
 from mitosis_cli.analysis.information_imbalance import chunk_information_imbalances
 from mitosis_cli.analysis.reconstruction import RIDGE_ALPHA
 from mitosis_cli.errors import InputError
@@ -48,6 +49,7 @@ from mitosis_cli.stages.clone_summary import (
 DIAGNOSTIC_REPEATS = 3  # chunks per size whose residual shape is measured (in one more pass over the data)
 DIAGNOSTIC_TARGETS = 128  # neurons outside the chunk whose residuals are tested
 BLOCK_BYTES = 8 << 20  # float32 rows streamed at a time
+II_MEMORY = 32 << 20  # working memory of the Information Imbalance's passes, which run beside the solves
 CLONES_TABLE, SUMMARY_TABLE = "clones.parquet", "clones-summary.parquet"
 # What the tables hold: 2 added the paper's residual correlation, collapse diagnostics, regimes and statuses,
 # so tables of protocol 1 are not taken for current ones.
@@ -240,6 +242,37 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
         step(f"{split}: moments, chunk and probe accuracy")
 
     del head, probes, readouts  # the readouts' (repeats x size x C) weights are done with
+    # The Information Imbalance needs only its subsample: it runs in a second thread beside the solves,
+    # both keeping the two cores busy where either alone leaves gaps (torch releases the GIL in its ops).
+    ii_chunks = [c for s in sizes for c in reg_chunks[s]]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mitosis-ii") as background:
+        ii = (background.submit(chunk_information_imbalances, x_ii, ii_chunks, cfg.ii_k, device=str(device),
+                                memory_budget=II_MEMORY) if x_ii is not None else None)
+        collapse = _solves_and_shape(source, cfg, moments, main, sizes, reg_chunks, out, step)
+        del moments
+        return_freed_memory_to_os()
+        deltas = ii.result() if ii is not None else None
+    if deltas is not None and x_ii is not None:  # every chunk of every size in one call: the full space's passes are shared
+        start = 0
+        for s in sizes:
+            part = deltas[start : start + len(reg_chunks[s])]
+            start += len(reg_chunks[s])
+            out.add(main, "ii_chunk_to_full", s, part[:, 0], n_points=len(x_ii), k=cfg.ii_k)
+            out.add(main, "ii_full_to_chunk", s, part[:, 1], n_points=len(x_ii), k=cfg.ii_k)
+    step("information imbalance")
+    skipped = () if header.has_head else tuple(m + suffix for m in ("chunk_accuracy", "chunk_error")
+                                               for suffix in ("", "_rescaled") if suffix == "" or cfg.rescale)
+    return out, MeasuredNetwork(identity, main, tuple(sizes), collapse, skipped)
+
+
+def _solves_and_shape(source: ActivationSource, cfg: CloneSettings, moments: dict[str, reconstruction.Moments], main: str,
+                      sizes: list[int], reg_chunks: dict[int, np.ndarray], out: _Rows,
+                      step: Callable[[str], None]) -> dict[str, Collapse]:
+    """Collapse diagnostics, reconstruction R^2 and residual correlations, and (one more pass) the residuals' shape."""
+    import torch
+
+    width = source.header.width
+    device = moments[main].scatter.device
     collapse = {split: collapse_diagnostics(m.scatter, m.mean, m.n, width) for split, m in moments.items()}
     layer = moments[main].leading(width)
     fit = moments["train"].leading(width) if main == "test" and "train" in moments else None
@@ -262,26 +295,14 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
     for block in source.iter_blocks(main, rows=max(64, BLOCK_BYTES // (4 * width))):
         shape.update(torch.from_numpy(block).to(device))
     diag = shape.result()
-    del shape, layer, fit, moments  # Information Imbalance needs only its subsample
+    del shape, layer, fit
     return_freed_memory_to_os()
     for name in ("abs_skew", "abs_excess_kurtosis", "abs_sq_corr"):
         for s in sizes:
             picked = [i for i, (size, _, _) in enumerate(diag_chunks) if size == s]
             out.add(main, f"residual_{name}", s, diag[name][picked])
     step("residual shape")
-
-    if x_ii is not None:  # every chunk of every size in one call: the full space's passes are shared
-        deltas = chunk_information_imbalances(x_ii, [c for s in sizes for c in reg_chunks[s]], cfg.ii_k, device=str(device))
-        start = 0
-        for s in sizes:
-            part = deltas[start : start + len(reg_chunks[s])]
-            start += len(reg_chunks[s])
-            out.add(main, "ii_chunk_to_full", s, part[:, 0], n_points=len(x_ii), k=cfg.ii_k)
-            out.add(main, "ii_full_to_chunk", s, part[:, 1], n_points=len(x_ii), k=cfg.ii_k)
-    step("information imbalance")
-    skipped = () if header.has_head else tuple(m + suffix for m in ("chunk_accuracy", "chunk_error")
-                                               for suffix in ("", "_rescaled") if suffix == "" or cfg.rescale)
-    return out, MeasuredNetwork(identity, main, tuple(sizes), collapse, skipped)
+    return collapse
 
 
 def check_sources(sources: Sequence[ActivationSource], settings: CloneSettings) -> None:
