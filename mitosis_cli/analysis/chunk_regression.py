@@ -33,7 +33,7 @@ from functools import cache
 import numpy as np
 import torch
 
-_DEGENERATE = 1e-10  # residual variance below this fraction of a neuron's variance: perfectly reconstructed
+DEGENERATE_VARIANCE = 1e-10  # residual variance below this fraction of a neuron's variance: perfectly reconstructed
 PAPER_EPSILON = 1e-8  # the paper's regulariser of the correlation's denominator, in covariance units
 _BLOCK_BYTES = 4 << 20  # a row block of the residual matrix: stays in the shared L3 cache
 _GATHER_FROM = 1 / 16  # chunks of at least this fraction of W work on the gathered complement
@@ -205,7 +205,7 @@ class ChunkRegression:
         outside_mask = torch.ones_like(var, dtype=torch.bool)
         if targets is None:
             outside_mask[chunk] = False
-        kept = outside_mask & (var > _DEGENERATE * diag_t)
+        kept = outside_mask & (var > DEGENERATE_VARIANCE * diag_t)
         u = torch.where(kept, var.clamp_min(torch.finfo(var.dtype).tiny).rsqrt(), torch.zeros_like(var))
         d = torch.where(outside_mask, var.clamp_min(0.0).sqrt(), torch.ones_like(var))  # the chunk's rows are zeroed
         sums = self._lower_triangle(targets, None if targets is not None else chunk, left, coef, u, d)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mitosis_cli.analysis.chunk_regression import _DEGENERATE, ChunkRegression, OutOfSample
+from mitosis_cli.analysis.chunk_regression import DEGENERATE_VARIANCE, ChunkRegression, OutOfSample
 
 RIDGE_ALPHA = 1e-8  # the paper's ridge penalty
 
@@ -307,7 +307,7 @@ class ResidualShape:
             m2 = s2 - mu**2
             m3 = s3 - 3 * mu * s2 + 2 * mu**3
             m4 = s4 - 4 * mu * s3 + 6 * mu**2 * s2 - 3 * mu**4
-            keep = m2 > _DEGENERATE * self._target_var[i]  # perfectly reconstructed targets have no noise to test
+            keep = m2 > DEGENERATE_VARIANCE * self._target_var[i]  # perfectly reconstructed targets have no noise to test
             if int(keep.sum()) == 0:
                 continue
             out["abs_skew"][i] = float((m3[keep] / m2[keep] ** 1.5).abs().mean())

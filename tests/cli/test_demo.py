@@ -21,6 +21,11 @@ def test_quick_demo_summary_matches_its_tables(tmp_path: Path, capsys: pytest.Ca
     runs = {p.name for p in (out / "mnist5k").iterdir() if p.name.startswith("w")}
     assert runs == {f"w{w}-s{s}" for w, seeds in plan.seeds.items() for s in seeds}
     assert (results / "report" / "index.html").is_file()
+    # every width on shared axes, with the collapse panel, and the regime of each width in the summary
+    assert len(list((results / "report" / "figures").glob("across-widths-*.png"))) == 1
+    regimes = {str(r["width"]): r["status"] for r in pq.read_table(results / "clones" / "clones-summary.parquet").to_pylist()
+               if r["metric"] == "regime"}
+    assert summary["regimes"] == regimes and set(regimes) == {str(w) for w in PLANS["quick"].seeds}
 
     # recompute the claims from the tables the demo wrote, independently of what it printed
     clone_rows = pq.read_table(results / "clones" / "clones-summary.parquet").to_pylist()

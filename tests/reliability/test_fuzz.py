@@ -284,8 +284,7 @@ def test_chunk_accuracy_counts_match_numpy(n: int, w: int, c: int, seed: int, re
     labels = rng.integers(0, c, n)
     size = int(rng.integers(1, w + 1))
     chunks = draw_chunks(w, size, 3, seed % 1000)
-    coef, intercept = head_readouts(weight, bias, chunks, rescale)
-    got = count_correct(x, labels, chunks, coef, intercept)
+    got = count_correct(x, labels, chunks, [head_readouts(weight, bias, chunks, rescale)])[0][-1]
     scale = w / size if rescale else 1.0
     for r, chunk in enumerate(chunks):
         logits = scale * x[:, chunk].astype(np.float64) @ weight[:, chunk].T.astype(np.float64) + bias
