@@ -118,7 +118,8 @@ def sweep(
                 typer.echo(step.shell())
         return
     if slurm is not None:
-        written = write_slurm_scripts(grid, slurm, throttle=throttle, sbatch=sbatch or [], setup=setup or [])
+        written = write_slurm_scripts(grid, slurm, throttle=throttle, sbatch=sbatch or [], setup=setup or [],
+                                      inputs=[grid_file] if grid_file is not None else [])
         say(f"wrote {slurm} ({written.array_tasks} array tasks) and {written.analysis_script}; submit both with:", quiet)
         say(f"  {written.submit}", quiet)
         if json_out:

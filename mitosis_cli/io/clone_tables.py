@@ -85,9 +85,9 @@ def write_clone_tables(folder: str | os.PathLike[str], clones: pa.Table, summary
 
 def read_clones(path: str | os.PathLike[str]) -> tuple[pa.Table, dict[str, Any]]:
     """Read and validate a clones.parquet."""
-    return read_table(path, CLONES_KIND, CLONES_SCHEMA.names)
+    return read_table(path, CLONES_KIND, CLONES_SCHEMA.names, CLONES_SCHEMA)
 
 
 def read_clones_summary(path: str | os.PathLike[str]) -> tuple[pa.Table, dict[str, Any]]:
     """Read and validate a clones-summary.parquet."""
-    return read_table(path, SUMMARY_KIND, SUMMARY_SCHEMA.names)
+    return read_table(path, SUMMARY_KIND, SUMMARY_SCHEMA.names, SUMMARY_SCHEMA)

@@ -82,6 +82,10 @@ class StageSettings(ABC):
         """`to_argv` as one line of shell text, every word quoted."""
         return shlex.join(["mitosis", *self.to_argv()])
 
+    def check(self) -> None:  # noqa: B027 - a stage whose options have no range to check keeps this one
+        """Refuse option values no run of the stage can use (one `InputError` line naming the option), before
+        any input is read or output touched; a sweep checks every step's settings before it runs the first."""
+
 
 def paths_after_options(paths: Iterable[Path]) -> list[str]:
     """Positional paths after ``--``, so a path that starts with '-' never reads as an option."""

@@ -29,15 +29,17 @@ from mitosis_cli.analysis.information_imbalance import chunk_information_imbalan
 from mitosis_cli.analysis.reconstruction import RIDGE_ALPHA
 from mitosis_cli.errors import InputError
 from mitosis_cli.io.activations import ActivationFile, ActivationSource
-from mitosis_cli.io.atomic import output_lock
 from mitosis_cli.io.clone_tables import clones_table, read_clones, read_clones_summary, write_clone_tables
 from mitosis_cli.io.ensemble_tables import read_error_inf
-from mitosis_cli.io.stamp import Decision, Stamp, decide
+from mitosis_cli.io.stamp import Decision, Stamp
 from mitosis_cli.io.tables import input_records, provenance, table_stamp
 from mitosis_cli.runtime import pick_device, return_freed_memory_to_os, set_threads
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
+from mitosis_cli.stages.checks import check_device, check_float, check_int, check_seed, check_threads
 from mitosis_cli.stages.clone_summary import MeasuredNetwork, NetworkClones, networks_from_summary, summarize_clones
+from mitosis_cli.stages.transaction import OutputTransaction
 
+MAX_REPEATS = 1_000_000  # random chunks per size: far beyond any protocol, well below what memory holds
 DIAGNOSTIC_REPEATS = 3  # chunks per size whose residual shape is measured (a pass over the data each)
 DIAGNOSTIC_TARGETS = 128  # neurons outside the chunk whose residuals are tested
 BLOCK_BYTES = 8 << 20  # float32 rows streamed at a time
@@ -100,6 +102,20 @@ class CloneSettings(StageSettings):
         ) if getattr(self, key) != getattr(default, key)]
         flags = [("rescale", self.rescale or None), ("force", self.force or None)]
         return ["clones", *option_words(changed + flags), *paths_after_options(self.inputs)]
+
+    def check(self) -> None:
+        """Refuse option values no measurement can use (the chunk sizes and --ii-k against each network: `check_sources`)."""
+        for size in self.sizes or ():
+            check_int("--sizes", size, 1)
+        check_int("--repeats", self.repeats, 1, MAX_REPEATS)
+        check_int("--acc-repeats", self.acc_repeats, 1, MAX_REPEATS)
+        check_seed(self.seed)
+        check_float("--r2-threshold", self.r2_threshold, 0.0, 1.0)
+        check_int("--ii-points", self.ii_points, 0)
+        check_int("--ii-k", self.ii_k, 1)
+        check_float("--error-inf", self.error_inf, 0.0, 1.0)
+        check_device(self.device)
+        check_threads(self.threads)
 
     def options(self) -> dict[str, Any]:
         """The options that determine the tables' numbers (with error_inf resolved)."""
@@ -247,12 +263,19 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
 
 def check_sources(sources: Sequence[ActivationSource], settings: CloneSettings) -> None:
     """Refuse settings that cannot apply to these networks, before any work (one line naming the network)."""
+    settings.check()
     if not sources:
         raise InputError("no activations to measure: give at least one activation file")
     for source in sources:
         too_big = [s for s in settings.sizes or () if s > source.header.width]
         if too_big:
             raise InputError(f"{source.name}: chunk size {too_big[0]} is larger than the layer width W={source.header.width}")
+        splits = source.header.splits
+        points = min(settings.ii_points, splits["test" if "test" in splits else "train"])
+        if settings.ii_points > 0 and settings.repeats > 0 and settings.ii_k >= points:
+            raise InputError(f"{source.name}: --ii-k {settings.ii_k} needs more than {settings.ii_k} points, the "
+                             f"Information Imbalance subsample has {points} (--ii-points {settings.ii_points})",
+                             hint="lower --ii-k, or --ii-points 0 to skip the Information Imbalance")
 
 
 def measure_clones(sources: Sequence[ActivationSource], settings: CloneSettings = CloneSettings(),
@@ -302,14 +325,13 @@ class CloneResult:
                 "files": [n.to_json() for n in self.networks], **self.growth}
 
 
-def _existing_stamp(folder: Path) -> Stamp | None:
-    """The stamp both tables in `folder` agree on; None when either is missing, foreign or they disagree."""
+def _table_stamp(path: Path) -> Stamp | None:
+    """The stamp of one of the two tables; None when it is not a mitosis clones table (or damaged)."""
+    reader = read_clones if path.name == CLONES_TABLE else read_clones_summary
     try:
-        stamps = {table_stamp(read_clones(folder / CLONES_TABLE)[1], "clones"),
-                  table_stamp(read_clones_summary(folder / SUMMARY_TABLE)[1], "clones")}
+        return table_stamp(reader(path)[1], "clones")
     except InputError:
         return None
-    return stamps.pop() if len(stamps) == 1 else None
 
 
 def run_clones(settings: CloneSettings, on_step: OnStep = no_progress) -> CloneResult:
@@ -318,6 +340,7 @@ def run_clones(settings: CloneSettings, on_step: OnStep = no_progress) -> CloneR
     The output folder is skipped when it already holds tables of the same inputs and options, and
     refused when it holds other ones (unless `settings.force`).
     """
+    settings.check()
     if settings.error_inf is not None and settings.ensemble is not None:
         raise InputError("give --error-inf or --ensemble, not both")
     sources = [ActivationFile(p) for p in settings.inputs]
@@ -327,11 +350,12 @@ def run_clones(settings: CloneSettings, on_step: OnStep = no_progress) -> CloneR
                 else dataclasses.replace(settings, error_inf=read_error_inf(settings.ensemble)))
     folder = settings.out if settings.out is not None else settings.inputs[0].parent
     targets = (folder / CLONES_TABLE, folder / SUMMARY_TABLE)
-    inputs = input_records([*settings.inputs, *([settings.ensemble] if settings.ensemble else [])])
+    read = [*settings.inputs, *([settings.ensemble] if settings.ensemble else [])]
+    tx = OutputTransaction(files=targets, inputs=tuple(read))
+    inputs = input_records(read)
     wanted = Stamp.of("clones", [i["sha256"] for i in inputs], resolved.options())
-    with output_lock(targets[0]):
-        exists = any(t.exists() for t in targets)
-        if decide(folder / CLONES_TABLE, wanted, _existing_stamp(folder), exists=exists, force=settings.force) is Decision.SKIP:
+    with tx.locked():
+        if tx.decide(wanted, _table_stamp, settings.force) is Decision.SKIP:
             networks, growth = networks_from_summary(read_clones_summary(targets[1])[0])
             return CloneResult(targets, True, networks, growth)
         if settings.threads is not None:
@@ -339,5 +363,6 @@ def run_clones(settings: CloneSettings, on_step: OnStep = no_progress) -> CloneR
         return_freed_memory_to_os()
         tables = measure_clones(sources, resolved, on_step)
         meta = provenance("clones", inputs, resolved.options(), settings.command())
-        written = write_clone_tables(folder, tables.clones, tables.summary, meta)
+        with tx.writing():  # both tables appear together, or neither changes
+            written = write_clone_tables(folder, tables.clones, tables.summary, meta)
     return CloneResult(written, False, tables.networks, tables.growth)

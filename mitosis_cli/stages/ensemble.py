@@ -18,12 +18,14 @@ import pyarrow as pa
 from mitosis_cli.analysis import ensembles as ens
 from mitosis_cli.errors import InputError
 from mitosis_cli.io.activations import ActivationFile, ActivationSource
-from mitosis_cli.io.atomic import output_lock
 from mitosis_cli.io.ensemble_tables import EnsembleRows, read_ensemble_table, write_ensemble_table
-from mitosis_cli.io.stamp import Decision, Stamp, decide
+from mitosis_cli.io.stamp import Decision, Stamp
 from mitosis_cli.io.tables import input_records, provenance, table_stamp
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
+from mitosis_cli.stages.checks import check_float, check_int, check_seed
+from mitosis_cli.stages.transaction import OutputTransaction
 
+MAX_REPEATS = 1_000_000  # random subsets or chunk draws per size: far beyond any protocol
 # Stream tags keep the random draws of ensembles and of chunks independent of each other and of other options.
 _ENSEMBLE_STREAM, _CHUNK_STREAM = 0, 1
 
@@ -83,10 +85,13 @@ class EnsembleSettings(StageSettings):
         """Refuse option values no ensemble can use."""
         if self.combine not in ens.COMBINES:
             raise InputError(f"--combine {self.combine!r}: choose {' or '.join(ens.COMBINES)}")
-        if self.params_per_width is not None and not self.params_per_width > 0:
-            raise InputError(f"--params-per-width must be positive, got {self.params_per_width:g}")
-        if self.repeats < 1:
-            raise InputError(f"--repeats must be at least 1, got {self.repeats}")
+        check_float("--params-per-width", self.params_per_width, above=0.0)
+        check_int("--repeats", self.repeats, 1, MAX_REPEATS)
+        check_seed(self.seed)
+        for members in self.members or ():
+            check_int("--members", members, 1)
+        for size in self.chunk_sizes or ():
+            check_int("--chunk-size", size, 1)
 
 
 @dataclass(frozen=True)
@@ -327,19 +332,24 @@ class EnsembleResult:
         return {"output": str(self.output), "skipped": self.skipped, "rows": self.rows, "notes": self.notes, **self.summary}
 
 
+def _table_stamp(path: Path) -> Stamp | None:
+    """The stamp of the ensemble table at `path`; None when it is not one (or damaged)."""
+    try:
+        return table_stamp(read_ensemble_table(path)[1], "ensemble")
+    except InputError:
+        return None
+
+
 def run_ensemble(settings: EnsembleSettings, on_step: OnStep = no_progress) -> EnsembleResult:
     """`mitosis ensemble`: measure the input files and write the ensemble table (skip or refuse by its stamp)."""
     settings.check()
     sources = [ActivationFile(p) for p in settings.inputs]  # a missing or malformed file fails here, before hashing
     check_members(sources, settings)
+    tx = OutputTransaction(files=(settings.out,), inputs=settings.inputs)
     inputs = input_records(settings.inputs)
     wanted = Stamp.of("ensemble", [i["sha256"] for i in inputs], settings.options())
-    with output_lock(settings.out):
-        try:
-            found = table_stamp(read_ensemble_table(settings.out)[1], "ensemble")
-        except InputError:
-            found = None
-        decision = decide(settings.out, wanted, found, exists=settings.out.exists(), force=settings.force)
+    with tx.locked():
+        decision = tx.decide(wanted, _table_stamp, settings.force)
         notes: list[str] = []
         described = ""
         if decision is Decision.WRITE:

@@ -10,11 +10,20 @@ from typing import Any
 
 from mitosis_cli.errors import InputError
 from mitosis_cli.io.activations import SPLITS, ActivationFile
-from mitosis_cli.io.atomic import output_lock
 from mitosis_cli.io.shards import merge_shards
-from mitosis_cli.io.stamp import Decision, decide
+from mitosis_cli.io.stamp import Decision, Stamp
 from mitosis_cli.runtime import pick_device, set_threads
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
+from mitosis_cli.stages.checks import check_device, check_threads
+from mitosis_cli.stages.transaction import OutputTransaction
+
+
+def _activation_stamp(path: Path) -> Stamp | None:
+    """The stamp of the activation file at `path`; None when it is not one (or damaged)."""
+    try:
+        return ActivationFile(path).header.stamp()
+    except InputError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,12 @@ class ExtractSettings(StageSettings):
         bad = [s for s in self.splits if s not in SPLITS]
         if bad or not self.splits:
             raise InputError(f"--split {bad[0] if bad else ''!r}: choose from {', '.join(SPLITS)}")
+        if self.epoch is not None and self.epoch < 0:
+            raise InputError(f"--epoch must be >= 0, got {self.epoch}")
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise InputError(f"--shard {self.shard[0]}/{self.shard[1]}: expected K/N with 0 <= K < N")
+        check_device(self.device)
+        check_threads(self.threads)
 
 
 @dataclass(frozen=True)
@@ -104,12 +119,9 @@ def run_extract(settings: ExtractSettings, on_step: OnStep = no_progress) -> Ext
     target = settings.target
     trained = load_trained_model(settings.source, settings.epoch, untrained=settings.untrained, device=device)
     wanted = extraction_header(trained, splits, settings.untrained, settings.noise_inputs, settings.shard).stamp()
-    with output_lock(target):
-        try:
-            found = ActivationFile(target).header.stamp()
-        except InputError:
-            found = None
-        decision = decide(target, wanted, found, exists=target.exists(), force=settings.force)
+    tx = OutputTransaction(files=(target,), inputs=(trained.checkpoint,))
+    with tx.locked():
+        decision = tx.decide(wanted, _activation_stamp, settings.force)
         if decision is Decision.WRITE:
             extract_activations(trained, target, splits, data_dir=settings.data_dir, noise_inputs=settings.noise_inputs,
                                 untrained=settings.untrained, device=device, shard=settings.shard)
@@ -131,6 +143,10 @@ class MergeSettings(StageSettings):
     def to_argv(self) -> list[str]:
         return ["merge", *option_words([("out", self.out), ("force", self.force or None)]), *paths_after_options(self.parts)]
 
+    def check(self) -> None:
+        if not self.parts:
+            raise InputError("no shards given: pass the files written by `mitosis extract --shard K/N`")
+
 
 @dataclass(frozen=True)
 class MergeResult:
@@ -148,16 +164,12 @@ def run_merge(settings: MergeSettings, on_step: OnStep = no_progress) -> MergeRe
     The merged file has the stamp of the one extraction the shards are parts of, so merging again is
     skipped and a file of another extraction at the target is refused (unless `settings.force`).
     """
-    if not settings.parts:
-        raise InputError("no shards given: pass the files written by `mitosis extract --shard K/N`")
+    settings.check()
     first = ActivationFile(settings.parts[0]).header
     wanted = dataclasses.replace(first, shard="", shard_rows={}).stamp()
-    with output_lock(settings.out):
-        try:
-            found = ActivationFile(settings.out).header.stamp()
-        except InputError:
-            found = None
-        decision = decide(settings.out, wanted, found, exists=settings.out.exists(), force=settings.force)
+    tx = OutputTransaction(files=(settings.out,), inputs=settings.parts)
+    with tx.locked():
+        decision = tx.decide(wanted, _activation_stamp, settings.force)
         if decision is Decision.WRITE:
             merge_shards(settings.parts, settings.out)
     on_step(Progress("merge", 1, 1, f"{len(settings.parts)} shards -> {settings.out}"))

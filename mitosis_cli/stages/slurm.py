@@ -15,6 +15,7 @@ from pathlib import Path
 from mitosis_cli.errors import PREEMPTED_EXIT_CODE, InputError
 from mitosis_cli.io.atomic import atomic_path
 from mitosis_cli.stages.sweep import Grid, plan
+from mitosis_cli.stages.transaction import OutputTransaction
 
 
 def shell_word(path: str | Path) -> str:
@@ -123,16 +124,21 @@ class SlurmResult:
 
 
 def write_slurm_scripts(grid: Grid, array_path: Path, *, throttle: int | None = None, sbatch: Sequence[str] = (),
-                        setup: Sequence[str] = ()) -> SlurmResult:
-    """Write the array script to `array_path` and NAME-analysis.EXT beside it (both executable), and
-    create OUT/logs, which SLURM does not create."""
+                        setup: Sequence[str] = (), inputs: Sequence[Path] = ()) -> SlurmResult:
+    """Write the array script to `array_path` and NAME-analysis.EXT beside it (both executable, appearing
+    together), and create OUT/logs, which SLURM does not create. `inputs` (the grid file) are never overwritten."""
     analysis_path = array_path.with_name(f"{array_path.stem}-analysis{array_path.suffix}")
     scripts = slurm_scripts(grid, array_path, analysis_path, throttle=throttle, sbatch=sbatch, setup=setup)
-    try:
-        (grid.out / "logs").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create {grid.out / 'logs'}: {err.strerror or err}") from None
-    for path, text in ((array_path, scripts.array), (analysis_path, scripts.analysis)):
-        with atomic_path(path, mode=0o777) as tmp:
-            tmp.write_text(text)
+    for step in plan(grid, "all"):
+        step.settings.check()
+    tx = OutputTransaction(files=(array_path, analysis_path), inputs=tuple(inputs))
+    with tx.locked():
+        try:
+            (grid.out / "logs").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create {grid.out / 'logs'}: {err.strerror or err}") from None
+        with tx.writing():
+            for path, text in ((array_path, scripts.array), (analysis_path, scripts.analysis)):
+                with atomic_path(path, mode=0o777) as tmp:
+                    tmp.write_text(text)
     return SlurmResult(array_path, analysis_path, len(grid.points()), scripts.submit)

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mitosis_cli.errors import InputError, exit_code
+from mitosis_cli.errors import InputError, Preempted, exit_code
+from mitosis_cli.io.paths import input_file
 from mitosis_cli.stages.base import OnStep, StageSettings, no_progress
 from mitosis_cli.stages.clones import CloneSettings, run_clones
 from mitosis_cli.stages.ensemble import EnsembleSettings, run_ensemble
@@ -203,7 +204,13 @@ class SweepRun:
 
 def run_steps(steps: list[Step], on_start: Callable[[int, int, Step], None] | None = None,
               on_step: OnStep = no_progress) -> SweepRun:
-    """Run the steps here, in order; stop at the first failure and keep its error (the caller re-raises it)."""
+    """Run the steps here, in order; stop at the first failure and keep its error (the caller re-raises it).
+
+    Every step's settings are checked first (`StageSettings.check`), so an option out of range stops the
+    sweep before its first step writes anything.
+    """
+    for step in steps:
+        step.settings.check()
     run = SweepRun()
     for number, step in enumerate(steps, 1):
         if on_start is not None:
@@ -212,7 +219,7 @@ def run_steps(steps: list[Step], on_start: Callable[[int, int, Step], None] | No
         skipped = None
         try:
             skipped = run_step(step, on_step).skipped
-        except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - recorded with its exit code, re-raised by the caller
+        except (Exception, KeyboardInterrupt, Preempted) as err:  # noqa: BLE001 - recorded with its exit code, re-raised by the caller
             run.error = err
         run.records.append({**step.describe(), "exit_code": run.exit_code, "skipped": skipped,
                             "seconds": round(time.perf_counter() - started, 3)})
@@ -231,7 +238,9 @@ def check_dataset_name(name: str) -> str:
 def load_grid_file(path: Path) -> dict[str, Any]:
     """Read a TOML (.toml) or JSON grid file into a dict, checking its keys and stage tables."""
     try:
-        raw = path.read_bytes()
+        raw = input_file(path, "a grid file (.toml or .json)").read_bytes()
+    except InputError as err:
+        raise InputError(f"cannot read the grid file: {err}") from None
     except OSError as err:
         raise InputError(f"{path}: cannot read the grid file: {err.strerror or err}") from None
     is_toml = path.suffix.lower() == ".toml"

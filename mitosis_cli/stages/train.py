@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mitosis_cli.io.atomic import output_lock
+from mitosis_cli.errors import InputError
+from mitosis_cli.io.paths import lies_inside, output_path
 from mitosis_cli.runtime import pick_device, set_threads
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words
+from mitosis_cli.stages.checks import check_device, check_threads
 from mitosis_cli.stages.extract import ExtractResult, ExtractSettings, run_extract
-from mitosis_cli.training.config import TrainConfig
+from mitosis_cli.stages.transaction import OutputTransaction
+from mitosis_cli.training.config import RUN_ENTRIES, TrainConfig
 
 if TYPE_CHECKING:
     from mitosis_cli.runtime import StopFlag
@@ -66,6 +69,18 @@ class TrainSettings(StageSettings):
                     ("device", None if self.device == "auto" else self.device), ("threads", self.threads)]
         return ["train", *option_words(options)]
 
+    def check(self) -> None:
+        """Refuse option values no run can use: the configuration's ranges (`TrainConfig.validate`), the device,
+        the threads, and an activation file (--acts) that would be one of the run's own files."""
+        self.config.resolved()
+        check_device(self.device)
+        check_threads(self.threads)
+        if self.acts is not None:
+            output_path(self.acts, folder=False)
+            clash = next((name for name in RUN_ENTRIES if lies_inside(self.acts, self.out / name)), None)
+            if clash:
+                raise InputError(f"--acts {self.acts}: is the run's own {self.out / clash}", hint="choose another --acts file")
+
 
 @dataclass(frozen=True)
 class TrainOutcome:
@@ -95,17 +110,20 @@ def run_train(settings: TrainSettings, on_step: OnStep = no_progress, stop: Stop
     """
     from mitosis_cli.training.loop import train_run  # torch: loaded when a network is trained, not for --help
 
+    settings.check()
     cfg = settings.config.resolved()
     if settings.threads is not None:
         set_threads(settings.threads)
     device = pick_device(settings.device)
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    tx = OutputTransaction(runs=(settings.out,), run_entries=RUN_ENTRIES,
+                           inputs=(settings.data_dir,) if settings.data_dir is not None else ())
 
     def on_epoch(epoch: int, planned: int, row: dict[str, float]) -> None:
         on_step(Progress("train", epoch, max(planned, epoch),
                          f"train err {row['train_error']:.4f}  test err {row['test_error']:.4f}", row))
 
-    with output_lock(settings.out) if main_rank else nullcontext():
+    with tx.locked() if main_rank else nullcontext():  # --force replaces the run only once the new one is complete
         result = train_run(cfg, settings.out, data_dir=settings.data_dir, download=settings.download, device=device,
                            resume=settings.resume, force=settings.force, on_epoch=on_epoch, stop=stop,
                            command=settings.command())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ from typing import Any
 from mitosis_cli.errors import InputError
 from mitosis_cli.models.spec import DEFAULT_DEPTH, DEFAULT_ENDING, ModelSpec, check_spec
 
+RUN_ENTRIES = ("config.json", "history.parquet", "checkpoints", "checkpoint.pt")  # what `train` writes in a run directory
+SEED_MAX = (1 << 63) - 1  # seeds are stored as int64 in activation files and tables
+MAX_EPOCHS = 1_000_000
 # Paper defaults for CIFAR Wide-ResNets / DenseNets (Doimo et al. 2022).
 PAPER_CIFAR = {"lr": 0.1, "weight_decay": 5e-4, "epochs": 200, "batch_size": 128, "lr_min": 1e-5, "augment": True}
 # Built-in data: an MLP reaches zero training error in ~20 epochs, a few seconds per width on a laptop CPU.
@@ -58,22 +62,47 @@ class TrainConfig:
         return out
 
     def validate(self) -> None:
-        """Raise `InputError` for values no run can use."""
+        """Raise `InputError` for values no run can use (each option has a range; numbers must be finite)."""
+        numbers = {"--lr": self.lr, "--momentum": self.momentum, "--weight-decay": self.weight_decay, "--lr-min": self.lr_min,
+                   "--label-smoothing": self.label_smoothing}
+        for option, value in numbers.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise InputError(f"{option} must be a finite number, got {value!r}")
+        integers = [("--seed", self.seed), ("--width", self.width), ("--depth", self.depth), ("--epochs", self.epochs),
+                    ("--batch-size", self.batch_size), ("--max-epochs", self.max_epochs), ("--train-size", self.train_size),
+                    *(("--save-epochs", e) for e in self.save_epochs)]
+        for option, value in integers:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InputError(f"{option} must be an integer, got {value!r}")
         checks = [
             (self.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {self.optimizer!r}"),
             (self.schedule in ("cosine", "constant"), f"--schedule must be cosine or constant, got {self.schedule!r}"),
-            (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
+            (0 <= self.seed <= SEED_MAX, f"--seed must be between 0 and {SEED_MAX}, got {self.seed}"),
+            (self.depth is None or self.depth >= 1, f"--depth must be at least 1, got {self.depth}"),
+            (self.epochs is None or 1 <= self.epochs <= MAX_EPOCHS, f"--epochs must be between 1 and {MAX_EPOCHS}"),
             (self.batch_size is None or self.batch_size >= 2, "--batch-size must be at least 2"),
+            (self.train_size is None or self.train_size >= 1, f"--train-size must be at least 1, got {self.train_size}"),
             (self.lr is None or self.lr > 0, "--lr must be positive"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay is None or self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (self.lr_min is None or self.lr_min >= 0, "--lr-min must be >= 0"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (self.max_epochs is None or self.epochs is None or self.max_epochs >= self.epochs,
              "--max-epochs must be >= --epochs"),
+            (self.max_epochs is None or self.max_epochs <= MAX_EPOCHS, f"--max-epochs must be at most {MAX_EPOCHS}"),
             (all(e >= 0 for e in self.save_epochs), "--save-epochs must be non-negative epoch numbers"),
         ]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+        if self.has_batchnorm and self.train_size == 1:  # BatchNorm cannot normalise a batch of one sample in training
+            raise InputError(f"--train-size 1: a network with BatchNorm ({self.arch}, ending {self.ending or 'default'}) "
+                             "needs at least 2 training samples")
+
+    @property
+    def has_batchnorm(self) -> bool:
+        """Whether the network normalises batches (Wide-ResNets, DenseNets, and an MLP ending in BatchNorm)."""
+        return self.arch in ("wrn", "densenet") or self.ending == "batchnorm"
 
     @property
     def model_spec(self) -> ModelSpec:

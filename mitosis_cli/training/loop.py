@@ -10,8 +10,9 @@ by SIGTERM) resumes to the same weights as an uninterrupted run on the CPU.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import shutil
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -26,14 +27,14 @@ from torch import nn
 
 from mitosis_cli.data import Dataset, load_dataset
 from mitosis_cli.data.augment import random_crop_flip
-from mitosis_cli.errors import InputError, Preempted
-from mitosis_cli.io.atomic import atomic_path
-from mitosis_cli.io.checkpoints import load_checkpoint, save_checkpoint
+from mitosis_cli.errors import InputError, OutputError, Preempted
+from mitosis_cli.io.atomic import atomic_path, staged_entries
+from mitosis_cli.io.checkpoints import check_resume, load_checkpoint, save_checkpoint
 from mitosis_cli.io.stamp import Stamp, decide
 from mitosis_cli.io.tables import provenance, write_table
 from mitosis_cli.models.registry import build_model
 from mitosis_cli.runtime import StopFlag
-from mitosis_cli.training.config import TrainConfig
+from mitosis_cli.training.config import RUN_ENTRIES, TrainConfig
 from mitosis_cli.training.distributed import Ranks, init_ranks, unwrap, wrap_model
 from mitosis_cli.training.schedule import learning_rate
 
@@ -122,19 +123,13 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool) ->
     if force or not ckpt_path.exists():
         return None
     ckpt = load_checkpoint(ckpt_path)
+    check_resume(ckpt_path, ckpt)
     saved = TrainConfig.from_dict(json.loads(ckpt["config"]))
     decide(run_dir, wanted, Stamp.of("train", [], saved.to_dict()), exists=True, force=False)
     if not ckpt.get("finished") and not resume:
         raise InputError(f"{run_dir} holds an unfinished run (epoch {ckpt['epoch']})",
                          hint="add --resume to continue it, or --force to start over")
     return ckpt
-
-
-def _clear_run_dir(run_dir: Path) -> None:
-    """`--force`: remove a previous run's files (once the new run's data and model are ready)."""
-    for name in (CHECKPOINT, HISTORY, CONFIG):
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 def train_run(
@@ -169,6 +164,29 @@ def train_run(
     command : str
         The command line that runs this training (`TrainSettings.command`), recorded in history.parquet.
     """
+    arguments = {"data_dir": data_dir, "download": download, "device": device, "on_epoch": on_epoch, "stop": stop,
+                 "command": command}
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if not (force and main_rank and any(os.path.lexists(run_dir / name) for name in RUN_ENTRIES)):
+        return _train(cfg, run_dir, resume=resume, force=force, **arguments)
+    # --force over a run: the new run is trained beside it and replaces its files only once complete
+    building = None
+    try:
+        with staged_entries(run_dir, RUN_ENTRIES) as building:
+            result = _train(cfg, building, resume=False, force=False, **arguments)
+    except OutputError as err:  # name the run's own file, not the hidden folder the new run was built in
+        raise OutputError(str(err).replace(str(building), str(run_dir)) if building else str(err)) from err
+    except Preempted:
+        name = signal.Signals(stop.signal).name if stop is not None and stop.signal else "a signal"
+        raise Preempted(f"stopped by {name} before the new run was complete: {run_dir} still holds the previous run "
+                        "(--force replaces it only with a complete one); rerun the same command to start over") from None
+    return dataclasses.replace(result, run_dir=run_dir)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, *, data_dir: Path | None, download: bool, device: torch.device | None,
+           resume: bool, force: bool, on_epoch: Callable[[int, int, dict[str, float]], None] | None,
+           stop: StopFlag | None, command: str) -> TrainResult:
+    """`train_run` into `run_dir` itself (with `force`, only where it holds no run, or on ranks that do not write)."""
     device = device or torch.device("cpu")
     ranks = init_ranks(device)
     if ranks.active and device.type == "cuda":
@@ -179,13 +197,8 @@ def train_run(
         history = json.loads(ckpt["history"])
         return TrainResult(run_dir, ckpt["epoch"], _zero_epoch(ckpt), history, skipped=True, device=str(device))
     data = load_dataset(cfg.dataset, data_dir, download, cfg.train_size).to(device)
-    if ranks.is_main:
-        if force:
-            _clear_run_dir(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / CONFIG) as tmp:  # a kill mid-write must not leave half a config.json
-            tmp.write_text(cfg.to_json() + "\n")
-
+    if cfg.has_batchnorm and len(data.train_y) < 2:
+        raise InputError(f"{cfg.dataset}: {len(data.train_y)} training sample; a network with BatchNorm needs at least 2")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_spec, data.input_shape, data.num_classes).to(device)
     channels_last = device.type == "cuda" and len(data.input_shape) == 3
@@ -207,16 +220,24 @@ def train_run(
     zero_epoch: int | None = None
     order_state = order_gen.get_state()
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{run_dir / CHECKPOINT}: its weights or optimizer state do not fit the run's model "
+                             f"({cfg.model_spec.label}): {(str(err).splitlines() or [''])[0][:100]}") from err
         epoch, step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
         seconds_in_epoch = float(ckpt.get("seconds_in_epoch", 0.0))
         order_state = ckpt["order_rng"]
         aug_gen.set_state(ckpt["aug_rng"])
         history = json.loads(ckpt["history"])
         zero_epoch = _zero_epoch(ckpt)
-    elif 0 in cfg.save_epochs and ranks.is_main:
-        _save_snapshot(run_dir, 0, cfg, model, data)
+    if ranks.is_main:  # once the resumed state is known to fit: a refused resume leaves the run as it was
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run_dir / CONFIG) as tmp:  # a kill mid-write must not leave half a config.json
+            tmp.write_text(cfg.to_json() + "\n")
+        if ckpt is None and 0 in cfg.save_epochs:
+            _save_snapshot(run_dir, 0, cfg, model, data)
     model = wrap_model(model, ranks, device)
     if ranks.active:
         torch.distributed.barrier()  # rank 0 has cleared the directory before anyone goes on

@@ -30,6 +30,10 @@ from ..conftest import write_planted_acts
 
 MITOSIS = Path(sys.executable).with_name("mitosis")
 FAULTINJECT = Path(__file__).with_name("faultinject")
+REPO = Path(__file__).resolve().parents[2]
+# PYTHONPATH of a watched child: the fault-injection hook, then this checkout (the code under test, also where
+# the console script was installed from another checkout)
+FAULTINJECT_PATH = os.pathsep.join([str(FAULTINJECT), str(REPO)])
 # Tiny settings: a run is a few seconds, so the suite stays within its time budget on 2 shared cores.
 # The generated data set (no CSV to parse) keeps a child's work well under a second beside its torch import.
 TINY_DATA = "synthetic:n=200,test=100,d=32,latent=4,classes=4,seed=0"
