@@ -212,8 +212,7 @@ def _check_shard(where: str, shard: str, shard_rows: Mapping[str, Any], splits: 
     for split, rows in splits.items():  # known once the datasets are read
         if not (isinstance(span := shard_rows.get(split), list) and len(span) == 3 and all(_is_int(v) for v in span)
                 and 0 <= span[0] <= span[1] <= span[2] and span[1] - span[0] == rows):
-            raise InputError(f"{where}: attribute 'shard_rows' must give [start, stop, total] rows of split {split!r} "
-                             f"({rows} rows in the file), found {span!r}")
+            raise InputError(f"{where}: attribute 'shard_rows' needs [start, stop, total] of {split!r} ({rows} rows): {span!r}")
 
 
 # ---------------------------------------------------------------------------------------------------

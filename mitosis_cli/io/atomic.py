@@ -252,6 +252,8 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[None]:
         except FileNotFoundError:  # another process removed a folder it had made, between our mkdir and open
             continue
         except OSError as err:
+            if err.errno in IO_FAILURES:
+                raise OutputError(f"cannot write {target}: {failure_reason(err)}") from err
             raise InputError(f"cannot write {target}: {err.strerror or err}") from err
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

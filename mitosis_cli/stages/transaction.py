@@ -77,9 +77,10 @@ class OutputTransaction:
 
     @contextmanager
     def locked(self) -> Iterator[OutputTransaction]:
-        """Hold the lock of every output (in one order, so two stages never wait on each other)."""
+        """Hold the lock of every output, found by its resolved path (so two spellings of one output, or a link
+        to it, share one lock), in one order."""
         with ExitStack() as stack:
-            for path in sorted({Path(os.path.abspath(p)): p for p in self.outputs}.values(), key=os.path.abspath):
+            for path in sorted({Path(os.path.realpath(p)) for p in self.outputs}):
                 stack.enter_context(output_lock(path))
             yield self
 

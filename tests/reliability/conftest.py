@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,30 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file below `folder` (hidden ones too) with its size and mtime: to prove nothing was written."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@contextmanager
+def watchdog(fifo: Path | None, seconds: float = 30.0) -> Iterator[dict[str, bool]]:
+    """Unblock a read hung on `fifo` after `seconds` (by opening its other end) and report that it hung."""
+    state = {"hung": False}
+    done = threading.Event()
+
+    def unblock() -> None:
+        if done.wait(seconds) or fifo is None:
+            return
+        state["hung"] = True
+        while not done.is_set():
+            with suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            done.wait(0.1)
+
+    thread = threading.Thread(target=unblock, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        done.set()
+        thread.join()
 
 
 # ----------------------------------------------------------------------------------- audit-hook tracer

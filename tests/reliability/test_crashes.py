@@ -22,10 +22,8 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,6 +47,7 @@ from .conftest import (
     planted_acts,
     record,
     snapshot,
+    watchdog,
 )
 
 
@@ -66,30 +65,6 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 # --------------------------------------------------------------------------------- not regular files
-
-
-@contextmanager
-def watchdog(fifo: Path | None, seconds: float = 30.0) -> Iterator[dict[str, bool]]:
-    """Unblock a read hung on `fifo` after `seconds` (by opening its other end) and report that it hung."""
-    state = {"hung": False}
-    done = threading.Event()
-
-    def unblock() -> None:
-        if done.wait(seconds) or fifo is None:
-            return
-        state["hung"] = True
-        while not done.is_set():
-            with suppress(OSError):
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-            done.wait(0.1)
-
-    thread = threading.Thread(target=unblock, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        done.set()
-        thread.join()
 
 
 def _fifo(path: Path) -> Path:
@@ -222,11 +197,14 @@ def _check_run(run: Path) -> None:
         read_table(run / "history.parquet", "history")
 
 
-LONG_TRAIN = ["train", "--dataset", TINY_DATA, "--width", "16", "--epochs", "300", "--batch-size", "64", "--threads", "1",
+LONG_TRAIN = ["train", "--dataset", TINY_DATA, "--width", "16", "--epochs", "120", "--batch-size", "64", "--threads", "1",
               "--quiet"]
 
 
-@pytest.mark.parametrize("delay", [0.15, 0.6, 1.5, 3.0])
+SIGTERM_DELAYS = [0.15, 0.6, 1.5, 3.0]  # seconds after the start: interpreter, imports, data, the first epochs
+
+
+@pytest.mark.parametrize("delay", SIGTERM_DELAYS)
 def test_sigterm_from_the_first_instant_exits_75_with_nothing_half_written(tmp_path: Path, delay: float) -> None:
     run = tmp_path / "run"
     proc = _start([*LONG_TRAIN, "-o", str(run)])
@@ -292,7 +270,10 @@ def test_sigint_before_the_work_is_130_and_one_line(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ smaller breaks
 
 
-@pytest.mark.parametrize("name", ["line\nbreak.h5", "carriage\rreturn.h5", "escape\x1b[31mred.h5", "tab\tand\vvertical.h5"])
+CONTROL_NAMES = ["line\nbreak.h5", "carriage\rreturn.h5", "escape\x1b[31mred.h5", "tab\tand\vvertical.h5"]
+
+
+@pytest.mark.parametrize("name", CONTROL_NAMES)
 def test_a_control_character_in_a_path_stays_on_the_one_error_line(tmp_path: Path, cli: RunCli, name: str) -> None:
     bad = tmp_path / name
     bad.write_bytes(b"not an activation file")
@@ -307,8 +288,11 @@ def test_a_control_character_in_a_path_stays_on_the_one_error_line(tmp_path: Pat
     record("smaller.control_characters")
 
 
-@pytest.mark.parametrize("value, debugging", [("false", False), ("FALSE", False), ("0", False), ("no", False), ("off", False),
-                                              ("", False), ("1", True), ("true", True), ("yes", True)])
+DEBUG_VALUES = [("false", False), ("FALSE", False), ("0", False), ("no", False), ("off", False), ("", False), ("1", True),
+                ("true", True), ("yes", True)]
+
+
+@pytest.mark.parametrize("value, debugging", DEBUG_VALUES)
 def test_mitosis_debug_means_what_it_says(tmp_path: Path, cli: RunCli, monkeypatch: pytest.MonkeyPatch, value: str,
                                           debugging: bool) -> None:
     monkeypatch.setenv("MITOSIS_DEBUG", value)

@@ -22,6 +22,7 @@ import errno
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from .conftest import (
     planted_acts,
     record,
     snapshot,
+    watchdog,
 )
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -329,7 +331,10 @@ def test_an_output_path_of_the_wrong_kind_is_refused_before_any_work(
         monkeypatch.setattr(module, function, no_work)
     argv, named = make(made, tmp_path)
     before = snapshot(tmp_path)
-    assert_clean_failure(cli(*argv), named)
+    with watchdog(named if stat.S_ISFIFO(os.stat(named).st_mode) else None) as state:  # reading the FIFO would block
+        result = cli(*argv)
+    assert not state["hung"]
+    assert_clean_failure(result, named)
     assert snapshot(tmp_path) == before
     record("transaction.wrong_output_kind")
 
@@ -364,9 +369,11 @@ def _fail_nth_table_write(monkeypatch: pytest.MonkeyPatch, n: int, number: int) 
     monkeypatch.setattr(tables.pq, "write_table", write_table)
 
 
-@pytest.mark.parametrize("n, number", [(1, errno.ENOSPC), (2, errno.ENOSPC), (2, errno.EFBIG), (2, errno.EIO)],
-                         ids=["first table, full disk", "second table, full disk", "second table, file-size limit",
-                              "second table, device error"])
+TABLE_FAILURES = [(1, errno.ENOSPC), (2, errno.ENOSPC), (2, errno.EFBIG), (2, errno.EIO)]  # (which table write, errno)
+
+
+@pytest.mark.parametrize("n, number", TABLE_FAILURES, ids=["first table, full disk", "second table, full disk",
+                                                           "second table, file-size limit", "second table, device error"])
 def test_a_failed_table_write_leaves_both_earlier_tables(
         old_pair: Path, cli: RunCli, made: dict[str, Path], monkeypatch: pytest.MonkeyPatch, n: int, number: int) -> None:
     before = snapshot(old_pair.parent)
