@@ -123,8 +123,10 @@ def _run(argv: list[str]) -> int:
         where = f"cannot write {err.filename}: " if err.filename else ""
         _error(f"{where}{failure_reason(err)}", None, argv)
         return 1
-    except MemoryError:
-        _error("out of memory (the data, the model or an option such as --repeats is too large for this machine)",
+    except (MemoryError, RuntimeError) as err:  # RuntimeError: torch's allocators (CPU and CUDA) say it so
+        if not isinstance(err, MemoryError) and not any(w in str(err) for w in ("out of memory", "can't allocate memory")):
+            return _unexpected(err, argv)
+        _error("out of memory: the data, the model or an option (--width, --repeats, ...) is too large for this machine",
                None, argv)
         return 1
     except Preempted as err:

@@ -42,6 +42,13 @@ def _optimizer_state(value: Any) -> bool:
             and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups))
 
 
+def _json_object(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and isinstance(json.loads(value), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def _history(value: Any) -> bool:
     try:
         rows = json.loads(value) if isinstance(value, str) else None
@@ -54,7 +61,7 @@ def _history(value: Any) -> bool:
 
 # field -> (check, what it must be)
 FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "config": (lambda v: isinstance(v, str), "a JSON text"),
+    "config": (_json_object, "a JSON object (the training configuration)"),
     "epoch": (lambda v: _integer(v, 0), "a non-negative integer"),
     "model": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
               "a mapping of parameter names to tensors"),

@@ -127,6 +127,9 @@ def read_table(
         raise InputError(f"{path}: corrupt mitosis metadata") from None
     if not isinstance(meta, dict):
         raise InputError(f"{path}: corrupt mitosis metadata (not a JSON object)")
+    inputs, options = meta.get("inputs", []), meta.get("options", {})
+    if not (isinstance(inputs, list) and all(isinstance(i, dict) for i in inputs)) or not isinstance(options, dict):
+        raise InputError(f"{path}: corrupt mitosis metadata ('inputs' must be a list of objects, 'options' an object)")
     if kind is not None and meta.get("kind") != kind:
         raise InputError(f"{path}: is a {meta.get('kind')!r} table, expected {kind!r}")
     if meta.get("schema_version") != SCHEMA_VERSION:

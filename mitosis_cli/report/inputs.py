@@ -175,6 +175,12 @@ def load_inputs(paths: list[Path]) -> ReportInputs:
         frame = Frame.from_arrow(table)
         if kind == "history":
             config = (meta.get("options") or {}).get("config") or {}
+            if not isinstance(config, dict):
+                raise InputError(f"{path}: the history's training config (options.config) is not an object")
+            bad = [key for key in ("width", "seed")
+                   if not (config.get(key) is None or (isinstance(config[key], int) and not isinstance(config[key], bool)))]
+            if bad:
+                raise InputError(f"{path}: the history's training config has a {bad[0]!r} that is not an integer")
             inputs.histories.append(HistoryRun(path, dict(config), frame))
         elif kind == "ensemble":
             by_kind[kind].append(frame)

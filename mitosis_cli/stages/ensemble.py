@@ -172,11 +172,11 @@ def _member_params(source: ActivationSource, params_per_width: float | None) -> 
     from mitosis_cli.models.registry import count_parameters
     from mitosis_cli.models.spec import DEFAULT_ENDING, ModelSpec
 
-    ending = cfg.get("ending") or DEFAULT_ENDING.get(cfg["arch"], "relu")
-    spec = ModelSpec(cfg["arch"], int(cfg["width"]), int(cfg["depth"]), ending)
-    try:
+    try:  # the files' config is free-form: a value of another type means the count is unknown, as a missing one does
+        ending = cfg.get("ending") or DEFAULT_ENDING.get(cfg["arch"], "relu")
+        spec = ModelSpec(cfg["arch"], int(cfg["width"]), int(cfg["depth"]), ending)
         return float(count_parameters(spec, dataset_input_shape(str(cfg["dataset"])), header.num_classes))
-    except InputError:
+    except (InputError, ValueError, TypeError, KeyError):
         return None
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from mitosis_cli.errors import InputError
-from mitosis_cli.models.spec import DEFAULT_DEPTH, DEFAULT_ENDING, ModelSpec, check_spec
+from mitosis_cli.models.spec import ARCHS, DEFAULT_DEPTH, DEFAULT_ENDING, ModelSpec, check_spec
 
 RUN_ENTRIES = ("config.json", "history.parquet", "checkpoints", "checkpoint.pt")  # what `train` writes in a run directory
 SEED_MAX = (1 << 63) - 1  # seeds are stored as int64 in activation files and tables
 MAX_EPOCHS = 1_000_000
+MAX_WIDTH = 1 << 20  # a last layer of a million neurons; the paper's widest is 4,096
+MAX_DEPTH = 1_000
 # Paper defaults for CIFAR Wide-ResNets / DenseNets (Doimo et al. 2022).
 PAPER_CIFAR = {"lr": 0.1, "weight_decay": 5e-4, "epochs": 200, "batch_size": 128, "lr_min": 1e-5, "augment": True}
 # Built-in data: an MLP reaches zero training error in ~20 epochs, a few seconds per width on a laptop CPU.
@@ -78,7 +80,8 @@ class TrainConfig:
             (self.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {self.optimizer!r}"),
             (self.schedule in ("cosine", "constant"), f"--schedule must be cosine or constant, got {self.schedule!r}"),
             (0 <= self.seed <= SEED_MAX, f"--seed must be between 0 and {SEED_MAX}, got {self.seed}"),
-            (self.depth is None or self.depth >= 1, f"--depth must be at least 1, got {self.depth}"),
+            (self.depth is None or 1 <= self.depth <= MAX_DEPTH, f"--depth must be between 1 and {MAX_DEPTH}, got {self.depth}"),
+            (1 <= self.width <= MAX_WIDTH, f"--width must be between 1 and {MAX_WIDTH}, got {self.width}"),
             (self.epochs is None or 1 <= self.epochs <= MAX_EPOCHS, f"--epochs must be between 1 and {MAX_EPOCHS}"),
             (self.batch_size is None or self.batch_size >= 2, "--batch-size must be at least 2"),
             (self.train_size is None or self.train_size >= 1, f"--train-size must be at least 1, got {self.train_size}"),
@@ -114,14 +117,36 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
+        """A saved configuration, each field checked to be of its type (a damaged file is one line, not a crash later)."""
+        if not isinstance(data, dict):
+            raise InputError(f"a training config must be a JSON object, found {type(data).__name__}")
+        fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(fields)
         if unknown:
             raise InputError(f"unknown training option(s) in config: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        for name, value in data.items():
+            if not _of_type(value, fields[name]):
+                raise InputError(f"config field {name!r} must be {fields[name]}, found {value!r}")
+        cfg = cls(**data)
+        if cfg.arch not in ARCHS:
+            raise InputError(f"config field 'arch': unknown architecture {cfg.arch!r} (known: {', '.join(ARCHS)})")
+        check_spec(cfg.model_spec)
+        return cfg
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _of_type(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field's annotation (int, float, str, bool, list[int], each optionally | None)."""
+    kinds = {part.strip() for part in annotation.split("|")}
+    if value is None:
+        return "None" in kinds
+    checks = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
+              "list[int]": lambda v: isinstance(v, list) and all(isinstance(e, int) and not isinstance(e, bool) for e in v)}
+    return any(checks[kind](value) for kind in kinds if kind in checks)
 
 
 def read_config(path: Path) -> TrainConfig:

@@ -124,7 +124,10 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool) ->
         return None
     ckpt = load_checkpoint(ckpt_path)
     check_resume(ckpt_path, ckpt)
-    saved = TrainConfig.from_dict(json.loads(ckpt["config"]))
+    try:
+        saved = TrainConfig.from_dict(json.loads(ckpt["config"]))
+    except InputError as err:
+        raise InputError(f"{ckpt_path}: {err}") from None
     decide(run_dir, wanted, Stamp.of("train", [], saved.to_dict()), exists=True, force=False)
     if not ckpt.get("finished") and not resume:
         raise InputError(f"{run_dir} holds an unfinished run (epoch {ckpt['epoch']})",

@@ -53,6 +53,7 @@ def test_documented_counts_are_what_the_tests_enumerate() -> None:
         "checkpoint fields through `extract`": len(validation.EXTRACT_CASES),
         "activation attributes and values": len(validation._acts_cases()) + 2,  # + huge logits through ensemble
         "table columns of the wrong type": len(validation.COLUMN_CASES) + 2,  # + an error-inf table through clones
+        "table metadata of the wrong shape": len(validation.METADATA_CASES),
         "inputs that are not regular files": len(crashes.NOT_REGULAR),
         "writes refused by the file-size limit": 4,  # extract (up front, and inside libhdf5), a checkpoint, the tables
         # SIGTERM at moments of a training run, during its loop, and while a table is written

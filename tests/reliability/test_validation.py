@@ -62,6 +62,8 @@ OPTION_CASES: list[tuple[str, list[str], str]] = [
     ("train", ["--max-epochs", "1"], "--max-epochs"),
     ("train", ["--batch-size", "1"], "--batch-size"),
     ("train", ["--device", "tpu"], "--device"),
+    ("train", ["--width", str(10**12)], "--width"),
+    ("train", ["--depth", str(10**7)], "--depth"),
     ("clones", ["--ii-k", "500"], "--ii-k"),
     ("clones", ["--ii-k", "120"], "--ii-k"),
     ("clones", ["--seed", "-1"], "--seed"),
@@ -150,6 +152,8 @@ RESUME_CASES: list[tuple[str, dict[str, object], str]] = [
     ("config not text", {"config": {"arch": "mlp"}}, "config"),
     ("weights a list", {"model": [1, 2]}, "model"),
     ("num_classes a string", {"num_classes": "4"}, "num_classes"),
+    ("config a JSON list", {"config": "[1, 2]"}, "config"),
+    ("config with a width of words", {"config": json.dumps({"arch": "mlp", "width": "wide"})}, "width"),
 ]
 
 
@@ -171,6 +175,10 @@ EXTRACT_CASES: list[tuple[str, dict[str, object], str]] = [
     ("num_classes zero", {"num_classes": 0}, "num_classes"),
     ("epoch a float", {"epoch": 2.0}, "epoch"),
     ("a weight that is not a tensor", {"model": {"head.weight": [0.0]}}, "model"),
+    ("config width a string", {"config": json.dumps({"arch": "mlp", "width": "16", "depth": 2})}, "width"),
+    ("config depth a float", {"config": json.dumps({"arch": "mlp", "width": 16, "depth": 2.5})}, "depth"),
+    ("config of an unknown architecture", {"config": json.dumps({"arch": "resnet", "width": 16})}, "arch"),
+    ("config not an object", {"config": json.dumps([16, 2])}, "config"),
 ]
 
 
@@ -323,6 +331,58 @@ def test_a_table_column_of_the_wrong_type_is_refused_by_report(
     assert_clean_failure(cli("report", bad, "--quiet", "-o", tmp_path / "r"), bad, problem=f"column {column!r}")
     assert snapshot(tmp_path) == before and not (tmp_path / "r").exists()
     record("validation.table_columns")
+
+
+def _with_meta(made: Path, path: Path, change: Callable[[dict[str, object]], None]) -> Path:
+    table = pq.read_table(made)
+    meta = json.loads(table.schema.metadata[b"mitosis"])
+    change(meta)
+    pq.write_table(table.replace_schema_metadata({b"mitosis": json.dumps(meta).encode()}), path)
+    return path
+
+
+METADATA_CASES: list[tuple[str, str, Callable[[dict[str, object]], None], str]] = [
+    ("options a list", "clones", lambda m: m.update(options=[1, 2]), "options"),
+    ("inputs an object", "ensemble", lambda m: m.update(inputs={"a": 1}), "inputs"),
+    ("history config a list", "history", lambda m: m["options"].update(config=[16]), "config"),  # type: ignore[union-attr]
+    ("history width of words", "history", lambda m: m["options"]["config"].update(width="wide"), "width"),  # type: ignore[index]
+]
+
+
+@pytest.mark.parametrize("name, kind, change, problem", METADATA_CASES, ids=[c[0] for c in METADATA_CASES])
+def test_table_metadata_of_the_wrong_shape_is_refused_by_report(
+        tmp_path: Path, cli: RunCli, tables: dict[str, Path], name: str, kind: str,
+        change: Callable[[dict[str, object]], None], problem: str) -> None:
+    bad = _with_meta(tables[kind], tmp_path / "bad.parquet", change)
+    before = snapshot(tmp_path)
+    assert_clean_failure(cli("report", bad, "--quiet", "-o", tmp_path / "r"), bad, problem=problem)
+    assert snapshot(tmp_path) == before
+    record("validation.table_metadata")
+
+
+def test_a_member_config_of_other_types_is_measured_without_the_parameter_count(
+        tmp_path: Path, cli: RunCli, files: dict[str, Path]) -> None:
+    """The activation file's config is free-form: a width of words only means the parameter count is unknown."""
+    members = []
+    for i in range(2):
+        member = shutil.copy(files[f"a{i}"], tmp_path / f"m{i}.h5")
+        with h5py.File(member, "r+") as f:
+            f.attrs["config"] = json.dumps({"arch": "mlp", "dataset": "mnist5k", "width": "wide", "depth": 2})
+        members.append(member)
+    result = cli("ensemble", *members, "--repeats", "2", "-o", tmp_path / "e.parquet", "--json")
+    assert result.code == 0, result.err
+    assert any("same-params skipped" in note for note in json.loads(result.out)["notes"])
+    record("validation.accepted")
+
+
+def test_a_width_beyond_this_machines_memory_is_one_line(tmp_path: Path, cli: RunCli) -> None:
+    """Within the range but beyond the memory: torch's allocator refuses, one line, exit 1 (not "unexpected")."""
+    if Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1":
+        pytest.skip("the kernel grants any allocation here (overcommit_memory = 1): the process would be killed instead")
+    result = cli("train", "--dataset", TINY_DATA, "--width", str(1 << 20), "--epochs", "1", "--quiet", "-o", tmp_path / "run")
+    assert_clean_failure(result, "", code=1, problem="out of memory")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    record("validation.out_of_memory")
 
 
 def test_an_error_inf_table_of_the_wrong_types_is_refused_by_clones(tmp_path: Path, cli: RunCli, files: dict[str, Path]) -> None:
