@@ -47,15 +47,20 @@ def input_file(path: str | os.PathLike[str], what: str = "a file") -> Path:
     return path
 
 
+_TEMPORARY_EXTRA = 24  # what a temporary's name adds to its output's: ".NAME.XXXXXXXX.tmp", ".NAME.old-XXXXXXXX"
+
+
 def _existing_ancestor(path: Path) -> Path:
     return next((p for p in path.absolute().parents if os.path.lexists(p)), Path("/"))
 
 
-def output_path(path: str | os.PathLike[str], folder: bool) -> Path:
+def output_path(path: str | os.PathLike[str], folder: bool, replaced: bool = False) -> Path:
     """Check that `path` can become an output of its kind (a folder or a file), without touching anything.
 
     Refused: an existing path of another kind (a directory where a file goes and the reverse, a FIFO,
-    a device, a socket), a path below something that is not a directory, a folder that cannot be written.
+    a device, a socket), a path below something that is not a directory, a folder that cannot be written,
+    a name too long for its temporary, and (`replaced`: a folder replaced as a whole) the current
+    directory or one above it.
     """
     path = Path(path)
     if os.path.lexists(path):
@@ -70,6 +75,14 @@ def output_path(path: str | os.PathLike[str], folder: bool) -> Path:
         raise InputError(f"cannot write {path}: {ancestor} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise InputError(f"cannot write {path}: {ancestor} is not writable (permission denied)")
+    longest = os.pathconf(ancestor, "PC_NAME_MAX") - _TEMPORARY_EXTRA
+    too_long = [part for part in path.absolute().relative_to(ancestor).parts if len(os.fsencode(part)) > longest]
+    if too_long:
+        raise InputError(f"cannot write {path}: the name {too_long[0][:40]!r}... is too long (at most {longest} bytes here, "
+                         "leaving room for the temporary beside it)")
+    if replaced and lies_inside(Path(os.path.abspath(os.curdir)), path):
+        raise InputError(f"{path}: is the current directory or one above it, which an output folder cannot replace",
+                         hint="name a folder of its own (-o NAME)")
     return path
 
 

@@ -34,6 +34,9 @@ SCHEMAS: dict[str, pa.Schema] = {
                           ("seconds", pa.float64())]),
 }
 
+# Columns that are never infinite (a diverged run's losses and an ensemble's cross-entropy may be).
+FINITE_COLUMNS = {"clones": ("value",), "clones-summary": ("mean", "std", "sem")}
+
 # Which figures each kind feeds, for the one "skipped" line per missing kind.
 FIGURES_OF_KIND: dict[str, str] = {
     "clones": "chunk metrics, Information Imbalance",
@@ -139,6 +142,15 @@ def expand_paths(paths: list[Path]) -> list[Path]:
     return unique
 
 
+def _check_no_infinity(path: Path, table: pa.Table, columns: tuple[str, ...]) -> None:
+    """Refuse +-Inf in the measured values of a clones table: `clones` never writes it (NaN, for a value that does
+    not apply, it does)."""
+    for name in columns:
+        floating = name in table.column_names and pa.types.is_floating(table.schema.field(name).type)
+        if floating and np.isinf(table[name].to_numpy(zero_copy_only=False).astype(np.float64)).any():
+            raise InputError(f"{path}: column {name!r} holds infinite values")
+
+
 def _check_pairs(stamps: dict[Path, Any]) -> None:
     """Refuse clones.parquet and clones-summary.parquet side by side that are not from one `clones` run (a pair
     left mixed, e.g. by copying one table over): their stamps (inputs and options) must agree."""
@@ -169,6 +181,7 @@ def load_inputs(paths: list[Path]) -> ReportInputs:
         if table.num_rows == 0:
             raise InputError(f"{path}: the {kind} table is empty (no rows)")
         check_column_types(path, table, SCHEMAS[kind])
+        _check_no_infinity(path, table, FINITE_COLUMNS.get(kind, ()))
         if kind in ("clones", "clones-summary"):
             clone_stamps[path] = table_stamp(meta, "clones")
         inputs.files.append(InputFile(path, kind, file_sha256(path), table.num_rows))

@@ -65,7 +65,9 @@ class OutputTransaction:
     def __post_init__(self) -> None:
         for path in self.files:
             output_path(path, folder=False)
-        for path in (*self.folders, *self.runs):
+        for path in self.folders:
+            output_path(path, folder=True, replaced=True)
+        for path in self.runs:
             output_path(path, folder=True)
         replaced = [(path, False) for path in self.files] + [(path, True) for path in self.folders]
         replaced += [(run / name, True) for run in self.runs for name in self.run_entries]

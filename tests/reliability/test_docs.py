@@ -44,7 +44,7 @@ def test_documented_counts_are_what_the_tests_enumerate() -> None:
         "kills per run of the suite": 3 * len(kill.STAGES),
         "`train --force` failures that keep the old run": len(transaction.FORCE_FAILURES),
         "outputs that are inputs": len(transaction.CLASHES),
-        "outputs of the wrong kind, refused before any work": len(transaction.KINDS),
+        "outputs of the wrong kind, refused before any work": len(transaction.KINDS) + 3,  # + the current directory
         # the table writes that fail, a failing rename, a real tmpfs
         "clones-pair failures that keep both tables": len(transaction.TABLE_FAILURES) + 2,
         "concurrent writers, one per stage": len(transaction.WRITERS),
@@ -52,7 +52,7 @@ def test_documented_counts_are_what_the_tests_enumerate() -> None:
         "checkpoint fields through `train --resume`": len(validation.RESUME_CASES),
         "checkpoint fields through `extract`": len(validation.EXTRACT_CASES),
         "activation attributes and values": len(validation._acts_cases()) + 2,  # + huge logits through ensemble
-        "table columns of the wrong type": len(validation.COLUMN_CASES) + 2,  # + an error-inf table through clones
+        "table columns of the wrong type or infinite": len(validation.COLUMN_CASES) + 2,  # + an error-inf table through clones
         "table metadata of the wrong shape": len(validation.METADATA_CASES),
         "inputs that are not regular files": len(crashes.NOT_REGULAR),
         "writes refused by the file-size limit": 4,  # extract (up front, and inside libhdf5), a checkpoint, the tables

@@ -298,6 +298,10 @@ KINDS: list[tuple[str, Callable[[dict[str, Path], Path], tuple[list[str], Path]]
                                                            str(_mkdir(t / "acts"))], t / "acts")),
     ("sweep --slurm an existing directory", lambda m, t: (["sweep", "--widths", "8", "-o", str(t / "s"), "--slurm",
                                                             str(_mkdir(t / "job.sh"))], t / "job.sh")),
+    ("ensemble -o a name too long for its temporary", lambda m, t: (["ensemble", str(m["p0"]), str(m["p1"]), *TINY_ENSEMBLE,
+                                                                     "-o", str(t / ("e" * 240))], t / ("e" * 240))),
+    ("clones -o a folder name too long", lambda m, t: (["clones", str(m["p0"]), *TINY_CLONES, "-o", str(t / ("c" * 250))],
+                                                       t / ("c" * 250))),
 ]
 
 
@@ -316,6 +320,13 @@ def _fifo(path: Path) -> Path:
     return path
 
 
+def _is_fifo(path: Path) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize("name, make", KINDS, ids=[k[0] for k in KINDS])
 def test_an_output_path_of_the_wrong_kind_is_refused_before_any_work(
         tmp_path: Path, cli: RunCli, made: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
@@ -331,10 +342,22 @@ def test_an_output_path_of_the_wrong_kind_is_refused_before_any_work(
         monkeypatch.setattr(module, function, no_work)
     argv, named = make(made, tmp_path)
     before = snapshot(tmp_path)
-    with watchdog(named if stat.S_ISFIFO(os.stat(named).st_mode) else None) as state:  # reading the FIFO would block
+    with watchdog(named if _is_fifo(named) else None) as state:  # reading the FIFO would block
         result = cli(*argv)
     assert not state["hung"]
     assert_clean_failure(result, named)
+    assert snapshot(tmp_path) == before
+    record("transaction.wrong_output_kind")
+
+
+@pytest.mark.parametrize("out", [".", "..", "inner/.."], ids=["the current directory", "its parent", "a path to it"])
+def test_a_report_never_replaces_the_current_directory(tmp_path: Path, cli: RunCli, made: dict[str, Path],
+                                                       monkeypatch: pytest.MonkeyPatch, out: str) -> None:
+    work = tmp_path / "work"
+    (work / "inner").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    before = snapshot(tmp_path)
+    assert_clean_failure(cli("report", made["ensemble"], "--quiet", "--force", "-o", out), out, problem="current directory")
     assert snapshot(tmp_path) == before
     record("transaction.wrong_output_kind")
 

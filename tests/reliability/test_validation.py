@@ -293,6 +293,12 @@ def _as_text(array: pa.Array) -> pa.Array:
     return pa.array([str(v) for v in array.to_pylist()], pa.string())
 
 
+def _infinite(array: pa.Array) -> pa.Array:
+    values = [None if v is None else float(v) for v in array.to_pylist()]
+    values[0] = float("inf")
+    return pa.array(values, pa.float64())
+
+
 def _as_float(array: pa.Array) -> pa.Array:
     return pa.array([None if v is None else float(v) for v in array.to_pylist()], pa.float64())
 
@@ -319,6 +325,8 @@ COLUMN_CASES: list[tuple[str, str, str, Callable[[pa.Array], pa.Array]]] = [
     ("ensemble members as floats", "ensemble", "members", _as_float),
     ("history errors as words", "history", "train_error", _as_text),
     ("history epochs as floats", "history", "epoch", _as_float),
+    ("clones values infinite", "clones", "value", _infinite),
+    ("summary sem infinite", "clones-summary", "sem", _infinite),
 ]
 
 
