@@ -12,6 +12,7 @@ import re
 from mitosis_cli.errors import InputError
 
 SEED_MAX = (1 << 63) - 1  # seeds are stored as int64 (activation files, tables)
+MAX_REPEATS = 1_000_000  # random draws per size: far beyond any protocol, well below what memory holds
 _DEVICE = re.compile(r"(auto|(cpu|cuda)(:\d+)?)")
 
 

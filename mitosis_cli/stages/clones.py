@@ -35,11 +35,10 @@ from mitosis_cli.io.stamp import Decision, Stamp
 from mitosis_cli.io.tables import input_records, provenance, table_stamp
 from mitosis_cli.runtime import pick_device, return_freed_memory_to_os, set_threads
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
-from mitosis_cli.stages.checks import check_device, check_float, check_int, check_seed, check_threads
+from mitosis_cli.stages.checks import MAX_REPEATS, check_device, check_float, check_int, check_seed, check_threads
 from mitosis_cli.stages.clone_summary import MeasuredNetwork, NetworkClones, networks_from_summary, summarize_clones
 from mitosis_cli.stages.transaction import OutputTransaction
 
-MAX_REPEATS = 1_000_000  # random chunks per size: far beyond any protocol, well below what memory holds
 DIAGNOSTIC_REPEATS = 3  # chunks per size whose residual shape is measured (a pass over the data each)
 DIAGNOSTIC_TARGETS = 128  # neurons outside the chunk whose residuals are tested
 BLOCK_BYTES = 8 << 20  # float32 rows streamed at a time

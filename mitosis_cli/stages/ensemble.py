@@ -22,10 +22,9 @@ from mitosis_cli.io.ensemble_tables import EnsembleRows, read_ensemble_table, wr
 from mitosis_cli.io.stamp import Decision, Stamp
 from mitosis_cli.io.tables import input_records, provenance, table_stamp
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
-from mitosis_cli.stages.checks import check_float, check_int, check_seed
+from mitosis_cli.stages.checks import MAX_REPEATS, check_float, check_int, check_seed
 from mitosis_cli.stages.transaction import OutputTransaction
 
-MAX_REPEATS = 1_000_000  # random subsets or chunk draws per size: far beyond any protocol
 # Stream tags keep the random draws of ensembles and of chunks independent of each other and of other options.
 _ENSEMBLE_STREAM, _CHUNK_STREAM = 0, 1
 

@@ -19,9 +19,9 @@ and every earlier output stays exactly as it was; ``--force`` replaces only once
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mitosis_cli.errors import InputError
@@ -60,7 +60,7 @@ class OutputTransaction:
     folders: tuple[Path, ...] = ()
     runs: tuple[Path, ...] = ()
     inputs: tuple[Path, ...] = ()
-    run_entries: tuple[str, ...] = field(default=())
+    run_entries: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for path in self.files:
@@ -113,12 +113,3 @@ class OutputTransaction:
         with files_together(self.files):
             yield
 
-
-def check_paths_differ(outputs: Iterable[tuple[str, Path]]) -> None:
-    """Refuse two outputs of one stage at one path (e.g. `train --acts` onto the run's own checkpoint)."""
-    seen: dict[str, str] = {}
-    for name, path in outputs:
-        key = os.path.realpath(path)
-        if key in seen:
-            raise InputError(f"{path}: given both as {seen[key]} and as {name}", hint="choose different outputs")
-        seen[key] = name
