@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     try:
         code = app(args=argv, prog_name="mitosis", standalone_mode=False)
+        if code == 130:  # Typer turns a Ctrl-C (KeyboardInterrupt) inside a command into this code, without a word
+            stderr.print("mitosis: interrupted")
         return code if isinstance(code, int) else 0
     except typer.Exit as err:
         return err.exit_code
