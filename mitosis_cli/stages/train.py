@@ -118,6 +118,8 @@ def run_train(settings: TrainSettings, on_step: OnStep = no_progress, stop: Stop
     main_rank = int(os.environ.get("RANK", "0")) == 0
     tx = OutputTransaction(runs=(settings.out,), run_entries=RUN_ENTRIES,
                            inputs=(settings.data_dir,) if settings.data_dir is not None else ())
+    for name in RUN_ENTRIES:  # e.g. a directory named config.json would be found only when it is written
+        output_path(settings.out / name, folder=name == "checkpoints")
 
     def on_epoch(epoch: int, planned: int, row: dict[str, float]) -> None:
         on_step(Progress("train", epoch, max(planned, epoch),

@@ -294,6 +294,8 @@ KINDS: list[tuple[str, Callable[[dict[str, Path], Path], tuple[list[str], Path]]
     ("report -o an existing file", lambda m, t: (["report", str(m["ensemble"]), "--quiet", "--force", "-o",
                                                    str(_touch(t / "r"))], t / "r")),
     ("train -o an existing file", lambda m, t: (["train", *TINY_TRAIN, "-o", str(_touch(t / "run"))], t / "run")),
+    ("train: a directory where the run's checkpoint goes", lambda m, t: (["train", *TINY_TRAIN, "-o", str(t / "run")],
+                                                                        _mkdir(t / "run" / "checkpoint.pt"))),
     ("train --acts an existing directory", lambda m, t: (["train", *TINY_TRAIN, "-o", str(t / "run"), "--acts",
                                                            str(_mkdir(t / "acts"))], t / "acts")),
     ("sweep --slurm an existing directory", lambda m, t: (["sweep", "--widths", "8", "-o", str(t / "s"), "--slurm",
