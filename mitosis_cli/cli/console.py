@@ -81,12 +81,15 @@ def progress(mode: str = "auto", quiet: bool = False) -> Iterator[OnStep]:
     bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
               TimeElapsedColumn(), _Remaining(), console=stderr)
     tasks: dict[str, TaskID] = {}
+    last = [bar.get_time()]  # when the latest event came: a new task began then (its first event marks a step done)
 
     def on_step(event: Progress) -> None:
         total = max(event.total, event.done) or None  # a stage that does more than it announced never shows 5/4
         if event.task not in tasks:
             tasks[event.task] = bar.add_task(event.task, total=total, status="")
+            next(t for t in bar.tasks if t.id == tasks[event.task]).start_time = last[0]
         bar.update(tasks[event.task], completed=event.done, total=total, status=event.status)
+        last[0] = bar.get_time()
 
     with bar:
         yield on_step

@@ -50,6 +50,8 @@ class _PlainHelp:
     """Values show as PATH, INT, FLOAT, TEXT or their choices (a|b), flags as nothing; an option whose help
     text states its default does not get typer's ``[default: ...]`` too."""
 
+    help_panel: str | None = None  # where -h/--help goes
+
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)  # of the typer class this is mixed into
         for param in params:
@@ -60,7 +62,7 @@ class _PlainHelp:
             elif param.metavar is None:
                 param.metavar = value_metavar(param)
             if param.name == "help":
-                param.rich_help_panel = param.rich_help_panel or (RUNTIME if isinstance(self, TyperCommand) else None)
+                param.rich_help_panel = self.help_panel
             if param.help and "default" in param.help.lower():
                 param.show_default = False
         return params
@@ -73,6 +75,8 @@ class Group(_PlainHelp, TyperGroup):
 class Command(_PlainHelp, TyperCommand):
     """A sub-command whose help reads plainly (`_PlainHelp`), with its arguments in the usage line as NAME,
     or [NAME]... when optional and repeatable."""
+
+    help_panel = RUNTIME
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

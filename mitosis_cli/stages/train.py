@@ -83,8 +83,10 @@ class TrainOutcome:
         return self.result.skipped and (self.acts is None or self.acts.skipped)
 
     def to_json(self) -> dict[str, Any]:
-        r = self.result
-        return {"run_dir": str(r.run_dir), "epochs": r.epochs, "skipped": r.skipped, "zero_error_epoch": r.zero_error_epoch,
+        r, cfg = self.result, self.config
+        label = network_label(cfg.model_spec.family, cfg.width, cfg.seed, r.epochs, cfg.dataset)
+        return {"run_dir": str(r.run_dir), "label": label, "epochs": r.epochs, "skipped": r.skipped,
+                "zero_error_epoch": r.zero_error_epoch,
                 "final": r.final, "device": r.device, "acts": str(self.acts.acts) if self.acts else None,
                 "config": self.config.to_dict()}
 

@@ -83,3 +83,19 @@ def test_remaining_time_follows_the_average_pace() -> None:
     clock[0] = 40.0
     bar.update(task, completed=3)
     assert str(console._Remaining().render(bar.tasks[0])) == "~0:00:13 left"  # 40 s for 3 steps: 13 s for the last
+
+
+def test_a_task_is_timed_from_when_it_began_not_from_its_first_report(monkeypatch) -> None:
+    """The demo's first training run reports after a minute: that minute counts in the estimate."""
+    clock, bars = [0.0], []
+
+    def timed_bar(*columns, **settings) -> Bar:
+        bars.append(Bar(*columns, get_time=lambda: clock[0], **settings))
+        return bars[-1]
+
+    monkeypatch.setattr(console, "stderr", Console(file=io.StringIO(), force_terminal=True, width=120))
+    monkeypatch.setattr(console, "Bar", timed_bar)
+    with console.progress("bar") as on_step:
+        clock[0] = 60.0
+        on_step(Progress("train", 1, 4, "w16-s0 trained"))
+        assert str(console._Remaining().render(bars[0].tasks[0])) == "~0:03:00 left"
