@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from mitosis_cli.analysis.claims import Claim, clone_sizes, critical_width, evaluate_claims, residual_noise
 from mitosis_cli.errors import InputError
+from mitosis_cli.io.activations import network_label
 from mitosis_cli.io.atomic import atomic_path, output_lock
 from mitosis_cli.runtime import StopFlag, default_threads, pick_device
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words
@@ -177,10 +178,18 @@ def train_all(steps: list[Step], workers: int, on_step: OnStep = no_progress) ->
     Returns each step's `skipped` (the run was already finished), in the order of `steps`.
     """
     skipped: dict[int, bool] = {}
+
+    def report(index: int) -> None:
+        settings = steps[index].settings
+        assert isinstance(settings, TrainSettings)  # the training steps of a plan
+        config = settings.config.resolved()
+        name = network_label(config.model_spec.family, config.width, config.seed, dataset=config.dataset)
+        on_step(Progress("train", len(skipped), len(steps), f"{name} {'was' if skipped[index] else 'now'} trained", unit="run"))
+
     if workers == 1:
         for index, step in enumerate(steps):
             skipped[index] = run_step(step).skipped
-            on_step(Progress("train", len(skipped), len(steps), step.point.name if step.point else ""))
+            report(index)
         return [skipped[i] for i in range(len(steps))]
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(_train_in_worker, step.settings): index for index, step in enumerate(steps)}
@@ -191,7 +200,7 @@ def train_all(steps: list[Step], workers: int, on_step: OnStep = no_progress) ->
                 for other in futures:
                     other.cancel()
                 raise
-            on_step(Progress("train", len(skipped), len(steps), f"{workers} workers"))
+            report(futures[future])
     return [skipped[i] for i in range(len(steps))]
 
 

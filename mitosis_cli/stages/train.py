@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mitosis_cli.io.activations import network_label
 from mitosis_cli.io.atomic import output_lock
 from mitosis_cli.runtime import pick_device, set_threads
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words
@@ -81,8 +83,10 @@ class TrainOutcome:
         return self.result.skipped and (self.acts is None or self.acts.skipped)
 
     def to_json(self) -> dict[str, Any]:
-        r = self.result
-        return {"run_dir": str(r.run_dir), "epochs": r.epochs, "skipped": r.skipped, "zero_error_epoch": r.zero_error_epoch,
+        r, cfg = self.result, self.config
+        label = network_label(cfg.model_spec.family, cfg.width, cfg.seed, r.epochs, cfg.dataset)
+        return {"run_dir": str(r.run_dir), "label": label, "epochs": r.epochs, "skipped": r.skipped,
+                "zero_error_epoch": r.zero_error_epoch,
                 "final": r.final, "device": r.device, "acts": str(self.acts.acts) if self.acts else None,
                 "config": self.config.to_dict()}
 
@@ -91,7 +95,9 @@ def run_train(settings: TrainSettings, on_step: OnStep = no_progress, stop: Stop
     """`mitosis train`: train `settings.config` into `settings.out` (resumable), then extract to `settings.acts`.
 
     `on_step` receives a `Progress` per epoch whose `values` are the history row (epoch, lr, train_loss,
-    train_error, test_loss, test_error, seconds). Under torchrun only rank 0 writes and extracts.
+    train_error, test_loss, test_error, seconds), and one at least every half minute inside a long epoch
+    (its step). The task names the network (``train mnist5k mlp-2-relu w512 s0``). Under torchrun only
+    rank 0 writes and extracts.
     """
     from mitosis_cli.training.loop import train_run  # torch: loaded when a network is trained, not for --help
 
@@ -101,13 +107,22 @@ def run_train(settings: TrainSettings, on_step: OnStep = no_progress, stop: Stop
     device = pick_device(settings.device)
     main_rank = int(os.environ.get("RANK", "0")) == 0
 
+    task = f"train {network_label(cfg.model_spec.family, cfg.width, cfg.seed, dataset=cfg.dataset)}"
+
     def on_epoch(epoch: int, planned: int, row: dict[str, float]) -> None:
-        on_step(Progress("train", epoch, max(planned, epoch),
-                         f"train err {row['train_error']:.4f}  test err {row['test_error']:.4f}", row))
+        test = row.get("test_error", math.nan)
+        on_step(Progress(task, epoch, max(planned, epoch),
+                         f"train loss {row['train_loss']:.4g} error {row['train_error']:.4f}"
+                         + ("" if math.isnan(test) else f", test error {test:.4f}")
+                         + f", lr {row['lr']:.3g}, {row['seconds']:.1f} s", row, "epoch"))
+
+    def on_batch(epoch: int, steps: int, per_epoch: int) -> None:
+        planned = max(int(cfg.epochs), epoch)
+        on_step(Progress(task, epoch - 1, planned, f"done; epoch {epoch} at step {steps}/{per_epoch}", unit="epoch"))
 
     with output_lock(settings.out) if main_rank else nullcontext():
         result = train_run(cfg, settings.out, data_dir=settings.data_dir, download=settings.download, device=device,
-                           resume=settings.resume, force=settings.force, on_epoch=on_epoch, stop=stop,
+                           resume=settings.resume, force=settings.force, on_epoch=on_epoch, on_batch=on_batch, stop=stop,
                            command=settings.command())
     acts = None
     if settings.acts is not None and main_rank:
