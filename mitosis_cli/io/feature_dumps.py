@@ -251,7 +251,8 @@ class _SafetensorsDump(FeatureDump):
                               for k, t in slices.items()}
                 metadata = fh.metadata() or {}
         except (SafetensorError, OSError) as err:
-            raise InputError(f"{path}: not a readable .safetensors file ({str(err).splitlines()[0][:100]})") from err
+            detail = (str(err).splitlines() or [type(err).__name__])[0][:100]
+            raise InputError(f"{path}: not a readable .safetensors file ({detail})") from err
         self._names = None
         if "class_names" in metadata:
             try:

@@ -52,7 +52,8 @@ def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(path)
         except (SafetensorError, OSError, ValueError) as err:
-            raise InputError(f"{path}: not a readable .safetensors file ({str(err).splitlines()[0][:100]})") from err
+            detail = (str(err).splitlines() or [type(err).__name__])[0][:100]
+            raise InputError(f"{path}: not a readable .safetensors file ({detail})") from err
     return find_state_dict(load_torch_file(path, "weights file"), str(path))
 
 
@@ -80,15 +81,6 @@ class ExternalInputs:
     num_classes: int
     splits: dict[str, Dataset[Any]]
     options: dict[str, Any]  # what the stamp holds of the inputs
-
-    def names(self, split: str, start: int, stop: int) -> list[str]:
-        """The image files of rows [start, stop) of `split` (for messages)."""
-        data = self.splits[split]
-        offset = 0
-        if isinstance(data, Subset):
-            offset, data = int(data.indices[0]), data.dataset  # shards are contiguous ranges
-        files = getattr(data, "files", ())
-        return [str(path) for path, _ in files[offset + start : offset + stop]]
 
 
 def image_inputs(root: Path, transform: ImageTransform) -> ExternalInputs:
@@ -138,16 +130,23 @@ def layer_width(ext: ExternalModel, inputs: ExternalInputs, device: torch.device
     return width
 
 
+def _image_path(data: Dataset[Any], index: int) -> str:
+    """The file of row `index` of an `ImageSplit`, or of a shard (`Subset`) of one, for messages."""
+    if isinstance(data, Subset):
+        return _image_path(data.dataset, data.indices[index])
+    return str(data.files[index][0])
+
+
 @torch.no_grad()
-def _batches(ext: ExternalModel, inputs: ExternalInputs, split: str, data: Dataset[Any], device: torch.device,
-             batch_size: int, workers: int, on_rows: OnRows) -> Iterator[Batch]:
+def _batches(ext: ExternalModel, split: str, data: Dataset[Any], device: torch.device, batch_size: int, workers: int,
+             on_rows: OnRows) -> Iterator[Batch]:
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
     done, total = 0, len(data)
     with ext.tap.reading(ext.model) as seen:
         for x, y, readable in loader:
             if not bool(readable.all()):
                 bad = int((~readable).nonzero()[0, 0])
-                raise InputError(f"{inputs.names(split, done + bad, done + bad + 1)[0]}: not a readable image")
+                raise InputError(f"{_image_path(data, done + bad)}: not a readable image")
             _forward(ext, seen, x.to(device))
             logits = seen.get("logits")
             yield (seen["features"].cpu().numpy(), None if logits is None else logits.cpu().numpy(),
@@ -184,7 +183,7 @@ def extract_external(ext: ExternalModel, inputs: ExternalInputs, header: Activat
             start, stop = shard_range(len(data), *shard)
             shard_rows[split] = [start, stop, len(data)]
             data = Subset(data, range(start, stop))
-        streams[split] = (len(data), _batches(ext, inputs, split, data, device, batch_size, workers, on_rows))
+        streams[split] = (len(data), _batches(ext, split, data, device, batch_size, workers, on_rows))
     head = ext.tap.head_module(ext.model)
     weight = bias = None
     if head is not None:  # a head without a bias reads as one with a zero bias

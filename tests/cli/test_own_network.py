@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -204,7 +205,8 @@ def _pickle_payload(path: Path) -> None:
     torch.save({"state_dict": {"fc.weight": torch.zeros(3, 512)}, "hook": os.getcwd}, path)  # a function: code on load
 
 
-@pytest.mark.parametrize("case", ["other-architecture", "other-classes", "pickle", "no-classes", "npz-shapes", "npz-pickle"])
+@pytest.mark.parametrize("case", ["other-architecture", "other-classes", "pickle", "no-classes", "broken-image",
+                                  "broken-image-in-shard", "npz-shapes", "npz-pickle"])
 def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, images: Path, resnet: tuple[torchvision.models.ResNet, Path],
                                          capsys: pytest.CaptureFixture[str], case: str) -> None:
     _, weights = resnet
@@ -223,6 +225,11 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, images: Path, resnet: t
         (tmp_path / "flat" / "train").mkdir(parents=True)
         (tmp_path / "flat" / "train" / "0.png").write_bytes((images / "train" / "cat" / "0.png").read_bytes())
         argv, message = [*extract[:6], str(tmp_path / "flat"), *extract[7:]], "no class folders"
+    elif case.startswith("broken-image"):  # test/dog/1.png is row 3 of 6, the first of shard 1/2
+        shutil.copytree(images, tmp_path / "imgs")
+        (tmp_path / "imgs" / "test" / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        shard = ["--shard", "1/2"] if case.endswith("shard") else []
+        argv, message = [*extract[:6], str(tmp_path / "imgs"), *extract[7:], *shard], "test/dog/1.png: not a readable image"
     elif case == "npz-shapes":
         arrays = _arrays(np.random.default_rng(5))
         np.savez(tmp_path / "bad.npz", **{**arrays, "test_labels": arrays["test_labels"][:-1]})

@@ -85,6 +85,20 @@ def test_no_strict_loads_what_matches_reproducibly(tmp_path: Path, mlp: tuple[nn
                                model[:5](load_dataset("mnist5k").test_x).detach().numpy(), atol=1e-6)
 
 
+def test_safetensors_weights(tmp_path: Path, mlp: tuple[nn.Sequential, Path]) -> None:
+    from safetensors.torch import save_file
+
+    model, _ = mlp
+    save_file(model.state_dict(), tmp_path / "mlp.safetensors")
+    result = run_extract(ExtractSettings(model="module:digits_net:mlp", weights=tmp_path / "mlp.safetensors", dataset="mnist5k",
+                                         splits=("test",), out=tmp_path / "a.h5", threads=1))
+    np.testing.assert_array_equal(read_activations(result.acts).head()[0], model[5].weight.detach().numpy())
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(InputError, match=re.escape("not a readable .safetensors file")):
+        run_extract(ExtractSettings(model="module:digits_net:mlp", weights=tmp_path / "bad.safetensors", dataset="mnist5k",
+                                    out=tmp_path / "b.h5"))
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"source": Path("run")}, "SOURCE reads a run of `mitosis train`; not with --model"),
     ({"epoch": 3}, "--epoch reads a run"),
