@@ -76,11 +76,13 @@ def _timed(argv: list[str], env: dict[str, str]) -> dict[str, float | int | str]
     proc = subprocess.run(["/usr/bin/time", "-v", *argv], capture_output=True, text=True, env=env, cwd=ROOT)
     after = os.getloadavg()[0]
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 1024
+    cpu = {key: float(re.search(rf"{label} time \(seconds\): ([\d.]+)", proc.stderr).group(1))
+           for key, label in (("user_seconds", "User"), ("system_seconds", "System"))}
     clock = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr).group(1)
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(clock.split(":"))))
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-3000:])
-    return {"seconds": round(seconds, 1), "peak_rss_mib": round(rss), "exit_code": proc.returncode,
+    return {"seconds": round(seconds, 1), **cpu, "peak_rss_mib": round(rss), "exit_code": proc.returncode,
             "load_before": round(before, 2), "load_after": round(after, 2)}
 
 
@@ -93,6 +95,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--import", dest="import_too", action="store_true", help="also time `mitosis import` of .npy files")
+    parser.add_argument("--clones-args", default="", help="extra options of `mitosis clones`, e.g. '--acc-repeats 1'")
+    parser.add_argument("--no-clones", dest="clones", action="store_false", help="skip `mitosis clones` (e.g. with --import)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args()
 
@@ -109,7 +113,7 @@ def main() -> None:
     python = sys.executable
     result: dict[str, object] = {
         "machine": _machine(), "date_utc": run, "python": platform.python_version(), "n": args.n, "width": args.width,
-        "classes": args.classes, "clone_size": args.clone_size, "threads": args.threads,
+        "classes": args.classes, "clone_size": args.clone_size, "threads": args.threads, "clones_args": args.clones_args,
         "features_mib": round(args.n * args.width * 4 / 2**20),
     }
     import torch
@@ -117,9 +121,10 @@ def main() -> None:
     result["torch"] = torch.__version__
     result["imports_only"] = _timed([python, "-c", "import mitosis_cli.stages.clones, mitosis_cli.stages.importing, "
                                      "mitosis_cli.io.feature_dumps, torch, h5py"], env)
-    clones = _timed([python, "-m", "mitosis_cli", "clones", str(acts), "-o", str(out / "clones"), "--threads",
-                     str(args.threads), "--quiet"], env)
-    result["clones_defaults"] = clones
+    if args.clones:
+        command = [python, "-m", "mitosis_cli", "clones", str(acts), "-o", str(out / "clones"), "--threads", str(args.threads),
+                   "--quiet", *args.clones_args.split()]
+        result["clones" if args.clones_args else "clones_defaults"] = _timed(command, env)
     if args.import_too:
         dump = out / "npy"
         dump.mkdir()

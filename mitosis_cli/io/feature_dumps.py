@@ -11,13 +11,15 @@ The arrays are found by name (`KEYS`)::
 - ``.npz``: one member per key (``np.savez``, compressed or not); members are read from the zip
   stream in row blocks, so the file is never loaded whole.
 - ``.npy``: one file per key, ``[PREFIX]KEY.npy`` in one folder; pass any of them (or the folder, for
-  files named ``KEY.npy``). Memory-mapped.
+  files named ``KEY.npy``). Read in row blocks.
 - ``.pt``: a dict of tensors (and ``class_names``, a list of strings) saved with ``torch.save``; read with
   ``weights_only=True`` and memory-mapped.
-- ``.safetensors``: the tensors by key; ``class_names`` as a JSON list in the metadata. Sliced from the file.
+- ``.safetensors``: the tensors by key; ``class_names`` as a JSON list in the metadata. Sliced from the
+  file (memory-mapped).
 
 Every reader tells each array's shape and kind without reading it and streams row blocks, so N is
-bounded by the disk, not the memory. Nothing is ever unpickled.
+bounded by the disk, not the memory (the pages of a memory map count in the resident size, but they
+are the kernel's file cache, given back under memory pressure). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -92,17 +94,47 @@ class FeatureDump:
         return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def _npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    """Shape, Fortran order and dtype from the header of a .npy stream, leaving it at the data."""
-    version = np.lib.format.read_magic(fh)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    return read(fh)
-
-
 def _check_keys(name: str, keys: list[str]) -> None:
     unknown = [k for k in keys if k not in KEYS]
     if unknown:
         raise InputError(f"{name}: unknown key {unknown[0]!r}", hint=f"the keys are {', '.join(KEYS)}")
+
+
+def _npy_header(fh: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """Shape, Fortran order and dtype from the header of a .npy stream, leaving it at the data."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(fh)
+    except ValueError as err:
+        raise InputError(f"{where}: not a .npy array ({err})") from err
+    if dtype.hasobject:
+        raise InputError(f"{where}: holds Python objects (a pickle); save numbers or strings")
+    return tuple(shape), bool(fortran), dtype
+
+
+def _npy_info(fh: BinaryIO, where: str) -> ArrayInfo:
+    shape, _, dtype = _npy_header(fh, where)
+    return ArrayInfo(shape, _kind(dtype), str(dtype))
+
+
+def _npy_blocks(fh: BinaryIO, rows: int, where: str) -> Iterator[np.ndarray]:
+    """Row blocks of a .npy stream, read in order: a block in memory at a time, never the whole array.
+
+    (Reads rather than a memory map: the pages of a map count in the process's resident memory.) A
+    Fortran-ordered array's bytes are column-major and cannot be cut into rows: it is read whole.
+    """
+    shape, fortran, dtype = _npy_header(fh, where)
+    if fortran:
+        yield from _blocks_of(np.frombuffer(fh.read(), dtype=dtype).reshape(shape, order="F"), rows)
+        return
+    per_row = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    for start in range(0, shape[0], rows):
+        count = min(rows, shape[0] - start)
+        data = fh.read(count * per_row)
+        if len(data) != count * per_row:
+            raise InputError(f"{where}: truncated ({start + len(data) // max(per_row, 1)} of {shape[0]} rows)")
+        yield np.frombuffer(data, dtype=dtype).reshape((count, *shape[1:]))
 
 
 class _NpzDump(FeatureDump):
@@ -114,46 +146,24 @@ class _NpzDump(FeatureDump):
             with zipfile.ZipFile(path) as archive:
                 members = [m for m in archive.namelist() if m.endswith(".npy")]
                 _check_keys(self.name, [m.removesuffix(".npy") for m in members])
-                self._info = {m.removesuffix(".npy"): self._header(archive, m)[0] for m in members}
+                self._info = {}
+                for member in members:
+                    with archive.open(member) as fh:
+                        self._info[member.removesuffix(".npy")] = _npy_info(fh, f"{path}: {member}")
         except (zipfile.BadZipFile, OSError, EOFError) as err:
             detail = (str(err).splitlines() or ["damaged"])[0][:100]
             raise InputError(f"{path}: not a readable .npz file ({detail})") from err
-
-    def _header(self, archive: zipfile.ZipFile, member: str) -> tuple[ArrayInfo, bool]:
-        with archive.open(member) as fh:
-            try:
-                shape, fortran, dtype = _npy_header(fh)
-            except ValueError as err:
-                raise InputError(f"{self.name}: member {member} is not a .npy array ({err})") from err
-        if dtype.hasobject:
-            raise InputError(f"{self.name}: {member.removesuffix('.npy')} holds Python objects (a pickle); "
-                             "save numbers or strings")
-        return ArrayInfo(tuple(shape), _kind(dtype), str(dtype)), bool(fortran)
 
     def info(self) -> dict[str, ArrayInfo]:
         return self._info
 
     def blocks(self, key: str, rows: int) -> Iterator[np.ndarray]:
-        with zipfile.ZipFile(self.files[0]) as archive:
-            _, fortran = self._header(archive, key + ".npy")
-            if fortran:  # column-major bytes cannot be streamed by rows: read the member whole
-                with archive.open(key + ".npy") as fh:
-                    yield from _blocks_of(np.lib.format.read_array(fh, allow_pickle=False), rows)
-                return
-            with archive.open(key + ".npy") as fh:
-                shape, _, dtype = _npy_header(fh)
-                per_row = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
-                total = shape[0] if shape else 1
-                for start in range(0, total, rows):
-                    count = min(rows, total - start)
-                    data = fh.read(count * per_row)
-                    if len(data) != count * per_row:
-                        raise InputError(f"{self.name}: {key} is truncated")
-                    yield np.frombuffer(data, dtype=dtype).reshape((count, *shape[1:]) if shape else ())
+        with zipfile.ZipFile(self.files[0]) as archive, archive.open(key + ".npy") as fh:
+            yield from _npy_blocks(fh, rows, f"{self.name}: {key}")
 
 
 class _NpyDump(FeatureDump):
-    """``[PREFIX]KEY.npy`` files in one folder, memory-mapped."""
+    """``[PREFIX]KEY.npy`` files in one folder, each read in row blocks."""
 
     def __init__(self, path: Path) -> None:
         folder, prefix = (path, "") if path.is_dir() else (path.parent, "")
@@ -166,22 +176,21 @@ class _NpyDump(FeatureDump):
         self.files = sorted(p for p in (folder / f"{prefix}{k}.npy" for k in KEYS) if p.is_file())
         if not self.files:
             raise InputError(f"{path}: no KEY.npy files in this folder", hint=f"KEY is one of {', '.join(KEYS)}")
-        self._arrays: dict[str, np.ndarray] = {}
-        for file in self.files:
+        self._paths = {file.name[len(prefix) : -4]: file for file in self.files}
+        self._info = {}
+        for key, file in self._paths.items():
             try:
-                self._arrays[file.name[len(prefix) : -4]] = np.load(file, mmap_mode="r", allow_pickle=False)
-            except ValueError as err:
-                unsafe = "pickle" in str(err) or "Python objects" in str(err)
-                why = "holds Python objects (a pickle)" if unsafe else f"is not a .npy array ({err})"
-                raise InputError(f"{file}: {why}") from err
+                with open(file, "rb") as fh:
+                    self._info[key] = _npy_info(fh, str(file))
             except OSError as err:
-                raise InputError(f"{file}: not a readable .npy file ({err})") from err
+                raise InputError(f"{file}: not a readable .npy file ({err.strerror or err})") from err
 
     def info(self) -> dict[str, ArrayInfo]:
-        return {k: ArrayInfo(a.shape, _kind(a.dtype), str(a.dtype)) for k, a in self._arrays.items()}
+        return self._info
 
     def blocks(self, key: str, rows: int) -> Iterator[np.ndarray]:
-        yield from _blocks_of(self._arrays[key], rows)
+        with open(self._paths[key], "rb") as fh:
+            yield from _npy_blocks(fh, rows, str(self._paths[key]))
 
 
 class _TorchDump(FeatureDump):

@@ -149,3 +149,15 @@ def test_unreadable_or_unsafe_files(tmp_path: Path, name: str, payload: Callable
     payload(tmp_path / name)
     with pytest.raises(InputError, match=message):
         open_dump(tmp_path / name)
+
+
+def test_a_truncated_npy_is_named_when_its_rows_run_out(tmp_path: Path) -> None:
+    arrays = _arrays()
+    np.save(tmp_path / "train_features.npy", arrays["train_features"])
+    np.save(tmp_path / "train_labels.npy", arrays["train_labels"])
+    data = (tmp_path / "train_features.npy").read_bytes()
+    (tmp_path / "train_features.npy").write_bytes(data[: len(data) - 100])
+    dump = open_dump(tmp_path)
+    assert check_dump(dump).rows == {"train": 37}  # the header still says 37 rows
+    with pytest.raises(InputError, match="truncated"):
+        list(dump.blocks("train_features", 8))
