@@ -12,7 +12,7 @@ _mitosis() {
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W '--debug --help --version -h' -- "$cur"))
         else
-            COMPREPLY=($(compgen -W 'clones demo ensemble extract merge report sweep train' -- "$cur"))
+            COMPREPLY=($(compgen -W 'clones demo ensemble extract import merge report sweep train' -- "$cur"))
         fi
         return 0
     fi
@@ -44,12 +44,20 @@ _mitosis() {
             [[ $prev == --progress ]] && choices='auto bar lines none'
             ;;
         extract)
-            options='--data-dir --device --epoch --force --help --json --noise-inputs --out --progress --quiet --shard --split --threads --untrained -h -o -q'
-            path_options=' --data-dir --out -o '
-            value_options=' --device --epoch --progress --shard --split --threads '
+            options='--batch-size --data-dir --dataset --device --epoch --force --help --image-size --images --json --layer --mean --model --no-strict --noise-inputs --num-classes --out --progress --quiet --resize --seed --shard --split --std --strict --threads --untrained --weights --workers -h -o -q'
+            path_options=' --data-dir --images --out --weights -o '
+            value_options=' --batch-size --dataset --device --epoch --image-size --layer --mean --model --num-classes --progress --resize --seed --shard --split --std --threads --workers '
             positional=files
             [[ $prev == --split ]] && choices='train test'
+            [[ $prev == --dataset ]] && choices='mnist5k synthetic mnist fashion-mnist kmnist cifar10 cifar100'
             [[ $prev == --device ]] && choices='auto cpu cuda'
+            [[ $prev == --progress ]] && choices='auto bar lines none'
+            ;;
+        import)
+            options='--arch --dataset --force --help --json --num-classes --out --progress --quiet --seed -h -o -q'
+            path_options=' --out -o '
+            value_options=' --arch --dataset --num-classes --progress --seed '
+            positional=files
             [[ $prev == --progress ]] && choices='auto bar lines none'
             ;;
         merge)

@@ -203,7 +203,15 @@ FORMATS = {
         "source checkpoint. Datasets: /head/weight float32 (C, W) and /head/bias float32 (C) hold the trained "
         "last linear layer; for each split (train and/or test), /SPLIT/features float32 (N, W) is the last hidden "
         "layer in eval mode without augmentation, /SPLIT/logits float32 (N, C) and /SPLIT/labels int64 (N). "
-        "Readers check this layout and refuse other files with one line.",
+        "Features imported without their network's head have no /head and no logits; class_names (JSON) names "
+        "the labels when known. Readers check this layout and refuse other files with one line.",
+    ),
+    "dump": (
+        "features.npz | KEY.npy | features.pt | features.safetensors (mitosis import)",
+        "Arrays by key: train_features and test_features float (N, W), train_labels and test_labels integer (N), "
+        "optional head_weight (C, W) with head_bias (C), train_logits and test_logits (N, C), class_names (C). "
+        ".npy: one file per key named [PREFIX]KEY.npy in one folder, memory-mapped. .pt is read with "
+        "weights_only=True; .safetensors keeps class_names as a JSON list in its metadata. Nothing is unpickled.",
     ),
     "clones": (
         "clones.parquet, clones-summary.parquet (mitosis clones)",
@@ -236,7 +244,7 @@ FORMATS = {
     ),
 }
 COMMAND_FORMATS = {
-    "train": ("run", "acts"), "extract": ("run", "acts"), "clones": ("acts", "clones", "tables"),
+    "train": ("run", "acts"), "extract": ("run", "acts"), "import": ("dump", "acts"), "clones": ("acts", "clones", "tables"),
     "ensemble": ("acts", "ensemble", "tables"), "report": ("clones", "ensemble", "run", "report"),
     "sweep": ("sweep", "run", "acts", "clones", "ensemble", "report"), "demo": ("run", "acts"),
 }

@@ -18,7 +18,7 @@ from rich.markup import escape
 from typer.exceptions import TyperException
 
 from mitosis_cli import __version__
-from mitosis_cli.cli import clones, demo, ensemble, extract, options, report, sweep, train
+from mitosis_cli.cli import clones, demo, ensemble, extract, importing, options, report, sweep, train
 from mitosis_cli.cli.console import stderr
 from mitosis_cli.errors import PREEMPTED_EXIT_CODE, InputError, OutputError, Preempted
 
@@ -52,7 +52,7 @@ def root(
     _debug["on"] = debug
 
 
-for module in (train, extract, clones, ensemble, report, sweep, demo):
+for module in (train, extract, importing, clones, ensemble, report, sweep, demo):
     module.register(app)
 
 

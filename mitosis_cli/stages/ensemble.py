@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from mitosis_cli.analysis import ensembles as ens
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import ActivationFile, ActivationSource
+from mitosis_cli.io.activations import ActivationFile, ActivationSource, check_logits
 from mitosis_cli.io.atomic import output_lock
 from mitosis_cli.io.ensemble_tables import EnsembleRows, read_ensemble_table, write_ensemble_table
 from mitosis_cli.io.stamp import Decision, Stamp, decide
@@ -190,6 +190,8 @@ def check_members(sources: Sequence[ActivationSource], settings: EnsembleSetting
     if len(sources) < 2:
         raise InputError(f"an ensemble needs at least 2 activation files (networks trained with different seeds), "
                          f"got {len(sources)}")
+    for source in sources:  # imported features may come without a head and logits: members are their logits
+        check_logits(source)
     widths = [source.header.width for source in sources]
     if max(widths.count(w) for w in set(widths)) < 2:
         raise InputError("every width has a single network: an ensemble needs at least 2 seeds of one width",
