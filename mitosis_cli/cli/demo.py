@@ -42,7 +42,7 @@ def demo(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder in torchvision's layout, for the presets (default: $MITOSIS_DATA_DIR).")] = None,
     controls: Annotated[bool, typer.Option("--controls", help="Add the paper's controls: no weight decay, stopped before zero training error, untrained networks.")] = False,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Override the plan's epochs (e.g. a few epochs to check a preset).")] = None,
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Training runs at once, one thread each (default: the usable CPUs; 1 on a GPU).")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Training steps at once (one per width: its seeds train together), sharing the CPUs as threads (default: the usable CPUs; 1 on a GPU).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands the demo would run, one per line, and exit.")] = False,
     device: options.Device = "auto",
     threads: options.Threads = None,

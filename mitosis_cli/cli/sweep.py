@@ -17,7 +17,7 @@ from mitosis_cli.values import int_list_value, parse_int_list
 if TYPE_CHECKING:
     from mitosis_cli.stages.sweep import Grid
 
-RESERVED = {"train": ("dataset", "width", "seed", "out", "acts", "resume"), "clones": ("out",), "ensemble": ("out",),
+RESERVED = {"train": ("dataset", "width", "seed", "seeds", "out", "acts", "resume"), "clones": ("out",), "ensemble": ("out",),
             "report": ("out",)}
 
 
@@ -73,7 +73,7 @@ def sweep(
     phase: Annotated[str, typer.Option("--phase", help="all, train (the grid points) or analysis (ensemble, clones, report per data set): which commands --run runs or --print prints.")] = "all",
     run: Annotated[bool, typer.Option("--run", help="Run the commands here, one after another (the default mode); stop at the first failure with its exit code.")] = False,
     print_: Annotated[bool, typer.Option("--print", help="Print one quoted command per line instead of running them.")] = False,
-    slurm: Annotated[Path | None, typer.Option("--slurm", help="Write a SLURM job-array script to this file (one task per grid point), and NAME-analysis.EXT beside it for the per-data-set stages.")] = None,
+    slurm: Annotated[Path | None, typer.Option("--slurm", help="Write a SLURM job-array script to this file (one task per data set and width, its seeds trained together), and NAME-analysis.EXT beside it for the per-data-set stages.")] = None,
     throttle: Annotated[int | None, typer.Option("--throttle", min=1, help="SLURM: at most this many array tasks at once (--array=0-N%THROTTLE).")] = None,
     sbatch: Annotated[list[str] | None, typer.Option("--sbatch", help="SLURM: an extra #SBATCH directive, e.g. --sbatch=--gres=gpu:1 or --sbatch=--time=12:00:00 (repeatable).")] = None,
     setup: Annotated[list[str] | None, typer.Option("--setup", help="SLURM: a shell line the scripts run first, verbatim, e.g. 'source .venv/bin/activate' (repeatable).")] = None,
@@ -82,7 +82,7 @@ def sweep(
 ) -> None:
     """Expand a grid of widths x seeds x data sets into the pipeline's commands, and run, print or submit them.
 
-    Per grid point: mitosis train --dataset D --width W --seed S -o OUT/D/wW-sS --acts OUT/D/wW-sS/acts.h5 --resume. Then per data set: mitosis ensemble (with 2 or more seeds), mitosis clones and mitosis report under OUT/D/. Reruns are cheap: finished runs and results are reused, interrupted runs resume.
+    Per data set and width, its seeds trained together as one batched model: mitosis train --dataset D --width W --seeds 0-3 -o 'OUT/D/wW-s{seed}' --acts 'OUT/D/wW-s{seed}/acts.h5' --resume (one seed: --seed S). Then per data set: mitosis ensemble (with 2 or more seeds), mitosis clones and mitosis report under OUT/D/. Reruns are cheap: finished runs and results are reused, interrupted runs resume.
 
     --print writes the training commands first, then the analysis; the training commands are independent, the analysis needs all of them. To run in parallel, print the two phases separately: first --phase train through xargs or GNU parallel, then --phase analysis in order.
 

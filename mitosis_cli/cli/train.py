@@ -11,8 +11,9 @@ import typer
 
 from mitosis_cli.cli import options
 from mitosis_cli.cli.console import emit_json, progress, say
+from mitosis_cli.errors import InputError
 from mitosis_cli.runtime import StopFlag, pick_device, set_threads
-from mitosis_cli.stages.train import TrainSettings
+from mitosis_cli.stages.train import SeedsOutcome, TrainOutcome, TrainSettings, seed_list
 from mitosis_cli.training.config import TrainConfig
 from mitosis_cli.values import parse_int_list
 
@@ -20,11 +21,14 @@ from mitosis_cli.values import parse_int_list
 def train_settings(params: Mapping[str, Any]) -> TrainSettings:
     """The stage settings of the parsed options of `mitosis train` (the sweep parses its train options so too)."""
     save = parse_int_list(params["save_epochs"], "--save-epochs") if params["save_epochs"] else ()
+    seeds = parse_int_list(params["seeds"], "--seeds") if params["seeds"] is not None else ()
+    if seeds and params["seed"] is not None:
+        raise InputError("--seed and --seeds exclude each other", hint="one run: --seed S; several trained together: --seeds 0-15")
     config = TrainConfig(**{key: params[key] for key in (
         "dataset", "train_size", "arch", "width", "depth", "ending", "epochs", "batch_size", "optimizer", "lr", "momentum",
-        "weight_decay", "schedule", "lr_min", "label_smoothing", "augment", "seed", "until_zero_error", "max_epochs")},
-        save_epochs=list(save))
-    return TrainSettings(config=config, **{key: params[key] for key in (
+        "weight_decay", "schedule", "lr_min", "label_smoothing", "augment", "until_zero_error", "max_epochs")},
+        seed=params["seed"] or 0, save_epochs=list(save))
+    return TrainSettings(config=config, seeds=seeds, **{key: params[key] for key in (
         "out", "acts", "data_dir", "download", "resume", "force", "device", "threads")})
 
 
@@ -48,7 +52,8 @@ def train(
     lr_min: Annotated[float | None, typer.Option("--lr-min", help="Floor of the cosine schedule (default 0; CIFAR 1e-5).")] = None,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy.")] = 0.0,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Random crop (4 px reflect) + flip; default on for CIFAR.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, shuffling and augmentation.")] = 0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of initialisation, shuffling and augmentation (default 0).")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Train these seeds together as one batched model, e.g. 0-15, one run per seed: -o DIR writes DIR-s0, DIR-s1, ...; '{seed}' in -o/--acts is replaced by the seed instead (--acts a.h5 without it: a-s0.h5, ...). Excludes --seed.")] = None,
     until_zero_error: Annotated[bool, typer.Option("--until-zero-error", help="After the schedule, keep training (constant lr: 10% of --lr, or --lr-min if higher) until the training error (eval mode) is 0, up to --max-epochs.")] = False,
     max_epochs: Annotated[int | None, typer.Option("--max-epochs", help="Cap for --until-zero-error (default 2 x epochs).")] = None,
     save_epochs: Annotated[str | None, typer.Option("--save-epochs", help="Also keep the weights at these epochs, e.g. 0,10,50 or 0-100:10 (0 = initialisation).")] = None,
@@ -63,6 +68,8 @@ def train(
     """Train a network and write RUN_DIR/{config.json, checkpoint.pt, history.parquet}.
 
     Example: mitosis train --width 512 --seed 1 -o runs/w512-s1 --acts runs/w512-s1/acts.h5
+
+    Example: mitosis train --width 16 --seeds 0-15 -o 'runs/w16-s{seed}' --acts 'runs/w16-s{seed}/acts.h5'
     """
     from mitosis_cli.stages.train import run_train
 
@@ -71,21 +78,30 @@ def train(
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 speaks
         quiet, json_out = True, False
     cfg = settings.config.resolved()
-    say(f"training {cfg.model_spec.label} on {cfg.dataset} (seed {cfg.seed}, {cfg.epochs} epochs, "
-        f"{pick_device(device)}) -> {out}", quiet)
+    which = f"seeds {seed_list(settings.seeds)} together" if settings.seeds else f"seed {cfg.seed}"
+    target = settings.for_seed(settings.seeds[0]).out if settings.seeds else out
+    say(f"training {cfg.model_spec.label} on {cfg.dataset} ({which}, {cfg.epochs} epochs, {pick_device(device)}) -> {target}"
+        + (f" ... {settings.for_seed(settings.seeds[-1]).out}" if len(settings.seeds) > 1 else ""), quiet)
     with progress(quiet) as on_step:
         outcome = run_train(settings, on_step, stop=StopFlag())
+    several = isinstance(outcome, SeedsOutcome)
+    for one in outcome.runs if several else (outcome,):
+        _report(one, f"done (seed {one.config.seed})" if several else "done", quiet)
+    if json_out:
+        emit_json(outcome.to_json())
+
+
+def _report(outcome: TrainOutcome, done: str, quiet: bool) -> None:
     result, final = outcome.result, outcome.result.final
     if result.skipped:
-        say(f"{out}: already trained with these options ({result.epochs} epochs); skipped (--force to retrain)", quiet)
+        say(f"{result.run_dir}: already trained with these options ({result.epochs} epochs); skipped (--force to retrain)", quiet)
     zero = f"zero training error at epoch {result.zero_error_epoch}" if result.zero_error_epoch else "training error never reached 0"
-    say(f"done: {result.epochs} epochs, train error {final.get('train_error', float('nan')):.4f}, "
-        f"test error {final.get('test_error', float('nan')):.4f}; {zero}", quiet)
+    say(f"{done}: {result.epochs} epochs, "
+        f"train error {final.get('train_error', float('nan')):.4f}, test error {final.get('test_error', float('nan')):.4f}; {zero}",
+        quiet)
     if outcome.acts is not None:
         say(f"{outcome.acts.acts}: already extracted from this checkpoint; skipped" if outcome.acts.skipped
             else f"activations -> {outcome.acts.acts}", quiet)
-    if json_out:
-        emit_json(outcome.to_json())
 
 
 def register(app: typer.Typer) -> None:

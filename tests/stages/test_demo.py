@@ -29,9 +29,15 @@ def test_the_demo_mlp_is_the_documented_one(tmp_path: Path) -> None:
 def test_every_run_writes_its_own_folder_and_controls_are_planned(tmp_path: Path) -> None:
     plan = PLANS["default"]
     steps = demo_steps(DemoSettings(out=tmp_path, controls=True))
-    outs = [s.settings.out for s in steps.train]
-    runs = sum(len(seeds) for seeds in plan.seeds.values())
-    assert len(outs) == len(set(outs)) == runs + 2 * len(plan.seeds)  # no-weight-decay and early-stop train seed 0
+    runs = [one for s in steps.train for one in (
+        [s.settings.for_seed(seed) for seed in s.settings.seeds] if s.settings.seeds else [s.settings])]
+    outs = [one.out for one in runs]
+    assert len(outs) == len(set(outs)) == sum(len(seeds) for seeds in plan.seeds.values()) + 2 * len(plan.seeds)
+    assert {one.acts for one in runs} == {out / "acts.h5" for out in outs}
+    # one training step per width of the main sweep (its seeds together) plus seed 0 of each width per trained control
+    assert len(steps.train) == 3 * len(plan.seeds)
+    assert sorted(s.settings.seeds for s in steps.train if s.settings.seeds) == sorted(
+        seeds for seeds in plan.seeds.values() if len(seeds) > 1)
     untrained = [s.settings for s in steps.analysis if isinstance(s.settings, ExtractSettings)]
     assert len(untrained) == len(plan.seeds) and all(e.untrained for e in untrained)
     assert {s.stage for s in steps.analysis} == {"extract", "ensemble", "clones", "report"}
