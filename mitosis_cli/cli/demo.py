@@ -63,7 +63,9 @@ def demo(
         for step in [*steps.train, *steps.analysis]:
             typer.echo(step.shell())
         return
-    say(f"mitosis demo ({steps.plan.name}): {steps.plan.description}; {len(steps.train)} training runs -> {out}", quiet)
+    networks = sum(max(1, len(step.points)) for step in steps.train)
+    say(f"mitosis demo ({steps.plan.name}): {steps.plan.description}; {networks} networks in {len(steps.train)} training "
+        f"steps (the seeds of a width together) -> {out}", quiet)
     set_threads(threads)
     with progress(quiet) as on_step:
         result = run_demo(settings, on_step, lambda number, total, step: say(f"$ mitosis {step.stage} ...", quiet))
