@@ -32,7 +32,7 @@ import dataclasses
 import json
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,19 +264,19 @@ def train_seeds(
     configs = {seed: dataclasses.replace(cfg, seed=seed) for seed in sorted(run_dirs)}
     checkpoints = {seed: check_run_dir(run_dirs[seed], configs[seed], resume, force) for seed in configs}
     results: dict[int, TrainResult] = {}
-    groups: dict[tuple[int, int], list[int]] = {}
+    groups: dict[tuple[int, int, bool], list[int]] = {}  # (epoch, step, resumed) -> seeds: one stack each
     for seed, ckpt in checkpoints.items():
         if ckpt is not None and ckpt.get("finished"):
             results[seed] = TrainResult(run_dirs[seed], ckpt["epoch"], _zero_epoch(ckpt), json.loads(ckpt["history"]),
                                         skipped=True, device=str(device))
         else:
-            position = (0, 0) if ckpt is None else (int(ckpt["epoch"]), int(ckpt["step_in_epoch"]))
+            position = (0, 0, False) if ckpt is None else (int(ckpt["epoch"]), int(ckpt["step_in_epoch"]), True)
             groups.setdefault(position, []).append(seed)
     if groups:
         data = load_dataset(cfg.dataset, data_dir, download, cfg.train_size).to(device)
         for seed in (s for seeds in groups.values() for s in seeds):
             _start_run_dir(run_dirs[seed], configs[seed], force)
-        for (epoch, step), seeds in groups.items():
+        for (epoch, step, _), seeds in groups.items():
             group = {seed: (configs[seed], run_dirs[seed], checkpoints[seed]) for seed in seeds}
             results.update(_train_group(group, data, device, epoch, step, on_epoch, stop, command))
     return {seed: results[seed] for seed in sorted(results)}
@@ -404,6 +404,6 @@ def _train_group(group: Mapping[int, tuple[TrainConfig, Path, dict[str, Any] | N
     return results
 
 
-def _folders(paths: Any) -> str:
+def _folders(paths: Iterable[Path]) -> str:
     listed = [str(p) for p in paths]
     return listed[0] if len(listed) == 1 else f"{len(listed)} run folders ({listed[0]} ... {listed[-1]})"

@@ -85,9 +85,21 @@ def test_preempted_seeds_resume_exactly_together_and_alone(tmp_path: Path) -> No
     # one seed's checkpoint is a single run's: `train --seed 1 --resume` continues it
     alone = train_run(TrainConfig(**{**cfg.to_dict(), "seed": 1}), tmp_path / "alone-s1", resume=True)
     assert alone.epochs == 2 and not alone.skipped
-    a = load_checkpoint(tmp_path / "full-s1" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "alone-s1" / "checkpoint.pt")["model"]
-    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-6) for k in a)
+    _assert_close_weights(tmp_path / "full-s1", tmp_path / "alone-s1")
+    # seeds at different points (finished, stopped mid-epoch, not started) each continue from where they are
+    with pytest.raises(Preempted):
+        train_seeds(cfg, {1: tmp_path / "mixed-s1"}, stop=StopAfter(3))
+    shutil.copytree(tmp_path / "full-s0", tmp_path / "mixed-s0")
+    mixed = train_seeds(cfg, {seed: tmp_path / f"mixed-s{seed}" for seed in SEEDS}, resume=True)
+    assert [mixed[seed].skipped for seed in SEEDS] == [True, False, False]
+    for seed in SEEDS:
+        _assert_close_weights(tmp_path / f"full-s{seed}", tmp_path / f"mixed-s{seed}")
+
+
+def _assert_close_weights(a: Path, b: Path) -> None:
+    wa, wb = load_checkpoint(a / "checkpoint.pt")["model"], load_checkpoint(b / "checkpoint.pt")["model"]
+    assert wa.keys() == wb.keys()
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), rtol=1e-4, atol=1e-6) for k in wa)
 
 
 def _mlps(width: int, ending: str = "batchnorm") -> list[torch.nn.Module]:
