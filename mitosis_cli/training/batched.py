@@ -82,13 +82,13 @@ class StackedNetworks:
     """
 
     def __init__(self, models: list[nn.Module], device: torch.device) -> None:
-        template = models[0]
-        self.params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).to(device)
-                       .requires_grad_() for name, _ in template.named_parameters()}
-        self.buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in models]).to(device)
-                        for name, _ in template.named_buffers()}
-        self.template = template
-        self._meta = copy.deepcopy(template).to("meta")  # the module functional_call runs (no storage of its own)
+        states = [m.state_dict(keep_vars=True) for m in models]
+        self.params = {name: torch.stack([s[name].detach() for s in states]).to(device).requires_grad_()
+                       for name, _ in models[0].named_parameters()}
+        self.buffers = {name: torch.stack([s[name] for s in states]).to(device) for name, _ in models[0].named_buffers()}
+        self.template = models[0]
+        # what vmap_logits calls for architectures without a batched form of their own (no storage: meta device)
+        self._functional = None if isinstance(self.template, MLP) else copy.deepcopy(self.template).to("meta")
 
     @property
     def size(self) -> int:
@@ -103,15 +103,16 @@ class StackedNetworks:
     @torch.no_grad()
     def copy_to(self, model: nn.Module, position: int) -> nn.Module:
         """Write the network at `position` into `model` (a network of the same architecture); return it."""
+        stacked = {**self.params, **self.buffers}
         for name, tensor in (*model.named_parameters(), *model.named_buffers()):
-            tensor.copy_((self.params.get(name) if name in self.params else self.buffers[name])[position])
+            tensor.copy_(stacked[name][position])
         return model
 
     def logits(self, x: torch.Tensor, train: bool, shared: bool = False) -> torch.Tensor:
         """Logits (S, B, classes) of inputs `x`: (S, B, ...) one batch per network, or with `shared` (B, ...) for all."""
-        if isinstance(self.template, MLP):
+        if self._functional is None:
             return _mlp_logits(self.template, self.params, self.buffers, x, shared, train)
-        return vmap_logits(self._meta, self.params, self.buffers, x, shared, train)
+        return vmap_logits(self._functional, self.params, self.buffers, x, shared, train)
 
     @torch.inference_mode()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[list[float], list[float]]:
