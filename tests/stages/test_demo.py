@@ -1,8 +1,11 @@
 """The demo's plans: the paper's hyper-parameters for the presets, one folder per run, controls planned."""
 
+import dataclasses
 from pathlib import Path
 
-from mitosis_cli.stages.demo import CONTROLS, PLANS, PRESETS, DemoSettings, demo_steps
+import pytest
+
+from mitosis_cli.stages.demo import CONTROLS, PLANS, PRESETS, DemoSettings, demo_steps, training_cost
 from mitosis_cli.stages.extract import ExtractSettings
 from mitosis_cli.stages.train import TrainSettings
 
@@ -52,3 +55,14 @@ def test_the_quick_plan_measures_seed_zero_of_each_width(tmp_path: Path) -> None
     ensemble = next(s.settings for s in steps.analysis if s.stage == "ensemble")
     assert len(ensemble.inputs) == 8 and clones.ensemble == ensemble.out
     assert (clones.repeats, clones.acc_repeats, clones.ii_points, ensemble.repeats) == (10, 20, 500, 5)
+
+
+def test_training_steps_start_largest_first(tmp_path: Path) -> None:
+    steps = demo_steps(DemoSettings(out=tmp_path)).train
+    costs = {s.name: training_cost(s.settings) for s in steps}
+    assert max(costs, key=costs.__getitem__) == "w1024-s0-1"
+    assert costs["w512-s0-1"] > costs["w256-s0-1"]
+    sixteen = next(s.settings for s in steps if s.name == "w16-s0-15")
+    fewer = dataclasses.replace(sixteen, seeds=sixteen.seeds[:8])
+    shorter = dataclasses.replace(sixteen, config=dataclasses.replace(sixteen.config, epochs=50))
+    assert training_cost(fewer) == pytest.approx(training_cost(sixteen) / 2) == training_cost(shorter)
