@@ -18,7 +18,7 @@ from rich.markup import escape
 from typer.exceptions import TyperException
 
 from mitosis_cli import __version__
-from mitosis_cli.cli import clones, demo, ensemble, extract, report, sweep, train
+from mitosis_cli.cli import clones, demo, ensemble, extract, options, report, sweep, train
 from mitosis_cli.cli.console import stderr
 from mitosis_cli.errors import PREEMPTED_EXIT_CODE, InputError, OutputError, Preempted
 
@@ -29,6 +29,7 @@ app = typer.Typer(
     add_completion=False,  # the completion scripts are generated files (completions/, docs/shell.md)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=options.Group,  # plain metavars: no <bool> on the flags
 )
 
 _debug = {"on": False}

@@ -58,6 +58,22 @@ def network_label(arch: str, width: int, seed: int | None = None, epoch: int | N
     return " ".join(p for p in parts if p)
 
 
+def network_labels(networks: Iterable[Mapping[str, Any]]) -> list[str]:
+    """`network_label` of each network (a mapping of arch, width, seed, epoch, dataset and source, as a
+    table's row holds them), with the data set when they come from more than one, and the source where two
+    would still read alike (the same network in two folders)."""
+    rows = list(networks)
+    several = len({row.get("dataset") for row in rows}) > 1
+
+    def number(value: Any) -> int | None:
+        return None if value is None or value != value else int(value)  # a missing value reads back as None or NaN
+
+    labels = [network_label(str(row.get("arch") or ""), int(row["width"]), number(row.get("seed")), number(row.get("epoch")),
+                            str(row.get("dataset") or "") if several else "") for row in rows]
+    return [f"{label} ({row.get('source')})" if labels.count(label) > 1 else label
+            for label, row in zip(labels, rows, strict=True)]
+
+
 @dataclass(frozen=True)
 class ActivationHeader:
     """The root attributes of an activation file, and the rows of each split it holds.

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from mitosis_cli.analysis.claims import Claim, clone_sizes, critical_width, evaluate_claims, residual_noise
 from mitosis_cli.errors import InputError
+from mitosis_cli.io.activations import network_label
 from mitosis_cli.io.atomic import atomic_path, output_lock
 from mitosis_cli.runtime import StopFlag, default_threads, pick_device
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words
@@ -34,7 +35,7 @@ from mitosis_cli.stages.ensemble import EnsembleSettings
 from mitosis_cli.stages.extract import ExtractSettings
 from mitosis_cli.stages.report import ReportSettings
 from mitosis_cli.stages.sweep import Grid, GridPoint, Step, analysis_steps, plan, run_step
-from mitosis_cli.stages.train import TrainSettings, run_train
+from mitosis_cli.stages.train import TrainSettings, run_train, seed_list
 from mitosis_cli.training.config import TrainConfig
 
 
@@ -198,10 +199,20 @@ def train_all(steps: list[Step], workers: int, cores: int | None = None, on_step
     """
     skipped: dict[int, bool] = {}
     workers = max(1, min(workers, len(steps)))
+
+    def report(index: int) -> None:
+        settings = steps[index].settings
+        assert isinstance(settings, TrainSettings)  # the training steps of a plan
+        config = settings.config.resolved()
+        seeds = f"s{seed_list(settings.seeds)}" if settings.seeds else f"s{config.seed}"
+        name = f"{network_label(config.model_spec.family, config.width, dataset=config.dataset)} {seeds}"
+        unit = "step" if settings.seeds else "run"
+        on_step(Progress("train", len(skipped), len(steps), f"{name} {'was' if skipped[index] else 'now'} trained", unit=unit))
+
     if workers == 1:
         for index, step in enumerate(steps):
             skipped[index] = run_step(step).skipped
-            on_step(Progress("train", len(skipped), len(steps), step.name))
+            report(index)
         return [skipped[i] for i in range(len(steps))]
     threads = max(1, (cores or workers) // workers)
     order = sorted(range(len(steps)), key=lambda i: -training_cost(steps[i].settings))
@@ -214,7 +225,7 @@ def train_all(steps: list[Step], workers: int, cores: int | None = None, on_step
                 for other in futures:
                     other.cancel()
                 raise
-            on_step(Progress("train", len(skipped), len(steps), f"{workers} workers"))
+            report(futures[future])
     return [skipped[i] for i in range(len(steps))]
 
 

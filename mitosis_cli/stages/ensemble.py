@@ -24,6 +24,7 @@ from mitosis_cli.io.stamp import Decision, Stamp, decide
 from mitosis_cli.io.tables import input_records, provenance, table_stamp
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
 
+ROUGH_ERROR_INF_MEMBERS = 4  # error_inf from fewer members is still far from the infinite-ensemble limit
 # Stream tags keep the random draws of ensembles and of chunks independent of each other and of other options.
 _ENSEMBLE_STREAM, _CHUNK_STREAM = 0, 1
 
@@ -248,7 +249,7 @@ def measure_ensemble(sources: Sequence[ActivationSource], settings: EnsembleSett
             error = ens.classification_metrics(log_p, found.labels["test"])["error"]
             rows.add("error-inf", width, len(pool), 0, "test", {"error": error})
         done += 1
-        on_step(Progress("ensemble", done, total, f"width {width}"))
+        on_step(Progress("ensemble", done, total, f"ensembles of width {width} ({len(pool)} networks)", unit="step"))
     if "test" not in found.logits:
         notes.append("error-inf not written: the inputs have no test split")
     for position, member in enumerate(pools[widest]):
@@ -265,7 +266,7 @@ def measure_ensemble(sources: Sequence[ActivationSource], settings: EnsembleSett
                     for count, values in by_count.items():
                         rows.add("chunk-average", chunk, count, position * repeats + draw, split, values)
         done += 1
-        on_step(Progress("ensemble", done, total, f"chunks of {Path(source.name).name}"))
+        on_step(Progress("ensemble", done, total, f"chunks of {source.header.label}", unit="step"))
     return EnsembleTable(rows.to_table(), notes)
 
 
@@ -309,7 +310,25 @@ def summarise_ensemble(table: pa.Table) -> dict[str, Any]:
         internal.append({"chunk_size": chunk, "chunks": count, "one_chunk_error": mean("chunk-average", width=chunk, members=1),
                          "error": mean("chunk-average", width=chunk, members=count),
                          "networks_error": next((e for e in networks_error if e is not None), None)})
-    return {"split": split, "error_inf": mean("error-inf"), "widths": widths, "comparisons": comparisons, "internal": internal}
+    return {"split": split, **_error_inf(cols), "widths": widths, "comparisons": comparisons, "internal": internal}
+
+
+def _error_inf(cols: dict[str, np.ndarray]) -> dict[str, Any]:
+    """error_inf (the test error of the largest ensemble of the widest networks) with what it rests on and its status:
+    ``ok``, ``rough: ...`` (an ensemble of two or three networks) or ``undetermined: ...`` (one network, no test split)."""
+    rows = (cols["kind"] == "error-inf") & (cols["split"] == "test") & (cols["metric"] == "error")
+    if not rows.any():
+        return {"error_inf": None, "error_inf_width": None, "error_inf_members": 0,
+                "error_inf_status": "undetermined: no test split, or no error-inf row in the table"}
+    value, width, members = (float(cols["value"][rows][0]), int(cols["width"][rows][0]), int(cols["members"][rows][0]))
+    if members < 2:
+        status = (f"undetermined: a single network of width {width}, not an ensemble (train more seeds of the widest "
+                  "width)")
+    elif members < ROUGH_ERROR_INF_MEMBERS:
+        status = f"rough: an ensemble of only {members} networks of width {width}"
+    else:
+        status = "ok"
+    return {"error_inf": value, "error_inf_width": width, "error_inf_members": members, "error_inf_status": status}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 `plan` expands a `Grid` into `Step`s, each a stage's settings (`TrainSettings`, `EnsembleSettings`,
 `CloneSettings`, `ReportSettings`, or `ExtractSettings` for the demo's controls); `run_steps` runs
 them here by calling the stages; `Step.shell` is the same step as one quoted `mitosis` command line
-(for `--print` and the SLURM scripts in `stages.slurm`). The demo is a sweep with its own defaults.
+(for `--dry-run` and the SLURM scripts in `stages.slurm`). The demo is a sweep with its own defaults.
 The seeds of a width train together, as one batched model (`mitosis train --seeds`): one training
 step per data set and width.
 

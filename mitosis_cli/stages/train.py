@@ -4,6 +4,7 @@ extract its activations if asked."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from contextlib import ExitStack, nullcontext
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mitosis_cli.errors import InputError
+from mitosis_cli.io.activations import network_label
 from mitosis_cli.io.atomic import output_lock
 from mitosis_cli.runtime import pick_device, set_threads
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words
@@ -107,8 +109,10 @@ class TrainOutcome:
         return self.result.skipped and (self.acts is None or self.acts.skipped)
 
     def to_json(self) -> dict[str, Any]:
-        r = self.result
-        return {"run_dir": str(r.run_dir), "epochs": r.epochs, "skipped": r.skipped, "zero_error_epoch": r.zero_error_epoch,
+        r, cfg = self.result, self.config
+        label = network_label(cfg.model_spec.family, cfg.width, cfg.seed, r.epochs, cfg.dataset)
+        return {"run_dir": str(r.run_dir), "label": label, "epochs": r.epochs, "skipped": r.skipped,
+                "zero_error_epoch": r.zero_error_epoch,
                 "final": r.final, "device": r.device, "acts": str(self.acts.acts) if self.acts else None,
                 "config": self.config.to_dict()}
 
@@ -132,8 +136,9 @@ def run_train(settings: TrainSettings, on_step: OnStep = no_progress,
     """`mitosis train`: train `settings.config` into `settings.out` (resumable), then extract to `settings.acts`.
 
     `on_step` receives a `Progress` per epoch whose `values` are the history row (epoch, lr, train_loss,
-    train_error, test_loss, test_error, seconds). Under torchrun only rank 0 writes and extracts.
-    With `settings.seeds` the seeds train together (`run_seeds`).
+    train_error, test_loss, test_error, seconds), and one at least every half minute inside a long epoch
+    (its step). The task names the network (``train mnist5k mlp-2-relu w512 s0``). Under torchrun only
+    rank 0 writes and extracts. With `settings.seeds` the seeds train together (`run_seeds`).
     """
     return run_seeds(settings, on_step, stop) if settings.seeds else _run_one(settings, on_step, stop)
 
@@ -147,13 +152,22 @@ def _run_one(settings: TrainSettings, on_step: OnStep, stop: StopFlag | None) ->
     device = pick_device(settings.device)
     main_rank = int(os.environ.get("RANK", "0")) == 0
 
+    task = f"train {network_label(cfg.model_spec.family, cfg.width, cfg.seed, dataset=cfg.dataset)}"
+
     def on_epoch(epoch: int, planned: int, row: dict[str, float]) -> None:
-        on_step(Progress("train", epoch, max(planned, epoch),
-                         f"train err {row['train_error']:.4f}  test err {row['test_error']:.4f}", row))
+        test = row.get("test_error", math.nan)
+        on_step(Progress(task, epoch, max(planned, epoch),
+                         f"train loss {row['train_loss']:.4g} error {row['train_error']:.4f}"
+                         + ("" if math.isnan(test) else f", test error {test:.4f}")
+                         + f", lr {row['lr']:.3g}, {row['seconds']:.1f} s", row, "epoch"))
+
+    def on_batch(epoch: int, steps: int, per_epoch: int) -> None:
+        planned = max(int(cfg.epochs), epoch)
+        on_step(Progress(task, epoch - 1, planned, f"done; epoch {epoch} at step {steps}/{per_epoch}", unit="epoch"))
 
     with output_lock(settings.out) if main_rank else nullcontext():
         result = train_run(cfg, settings.out, data_dir=settings.data_dir, download=settings.download, device=device,
-                           resume=settings.resume, force=settings.force, on_epoch=on_epoch, stop=stop,
+                           resume=settings.resume, force=settings.force, on_epoch=on_epoch, on_batch=on_batch, stop=stop,
                            command=settings.command())
     acts = None
     if settings.acts is not None and main_rank:
@@ -167,8 +181,8 @@ def run_seeds(settings: TrainSettings, on_step: OnStep = no_progress, stop: Stop
 
     Each seed's run directory and activation file (`TrainSettings.for_seed`) end up as a run with that
     seed alone would leave them. `on_step` receives a `Progress` per epoch whose `values` are the mean
-    of the seeds' history rows. Under torchrun the seeds train one after another (distributed, as
-    single runs).
+    of the seeds' history rows (task ``train mnist5k mlp-2-relu w16 s0-15``), and one at least every half
+    minute inside a long epoch. Under torchrun the seeds train one after another (distributed, as single runs).
     """
     runs = {seed: settings.for_seed(seed) for seed in settings.seeds}
     if len({r.out for r in runs.values()}) < len(runs):
@@ -180,20 +194,26 @@ def run_seeds(settings: TrainSettings, on_step: OnStep = no_progress, stop: Stop
     cfg = settings.config.resolved()
     if settings.threads is not None:
         set_threads(settings.threads)
-    label = seed_list(settings.seeds)
+    task = f"train {network_label(cfg.model_spec.family, cfg.width, dataset=cfg.dataset)} s{seed_list(settings.seeds)}"
 
     def on_epoch(epoch: int, planned: int, rows: Mapping[int, dict[str, float]]) -> None:
         mean = {key: sum(row[key] for row in rows.values()) / len(rows) for key in next(iter(rows.values()))}
         errors = [row["train_error"] for row in rows.values()]
-        on_step(Progress("train", epoch, max(planned, epoch), f"seeds {label}: train err {min(errors):.4f}-{max(errors):.4f}  "
-                         f"test err {mean['test_error']:.4f} (mean)", mean))
+        on_step(Progress(task, epoch, max(planned, epoch), f"train error {min(errors):.4f}-{max(errors):.4f}, test error "
+                         f"{mean['test_error']:.4f} (mean of {len(rows)}), lr {mean['lr']:.3g}, {mean['seconds']:.1f} s",
+                         mean, "epoch"))
+
+    def on_batch(epoch: int, steps: int, per_epoch: int) -> None:
+        planned = max(int(cfg.epochs), epoch)
+        on_step(Progress(task, epoch - 1, planned, f"done; epoch {epoch} at step {steps}/{per_epoch}", unit="epoch"))
 
     with ExitStack() as locks:
         for one in runs.values():
             locks.enter_context(output_lock(one.out))
         results = train_seeds(cfg, {seed: one.out for seed, one in runs.items()}, data_dir=settings.data_dir,
                               download=settings.download, device=pick_device(settings.device), resume=settings.resume,
-                              force=settings.force, on_epoch=on_epoch, stop=stop, command=settings.command())
+                              force=settings.force, on_epoch=on_epoch, on_batch=on_batch, stop=stop,
+                              command=settings.command())
     outcomes = []
     for seed, one in runs.items():
         acts = None

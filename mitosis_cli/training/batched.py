@@ -52,6 +52,7 @@ from mitosis_cli.training.loop import (
     _AUG_SEED_OFFSET,
     CHECKPOINT,
     EVAL_BATCH,
+    HEARTBEAT_SECONDS,
     TrainResult,
     _keep_going,
     _optimizer,
@@ -251,6 +252,7 @@ def train_seeds(
     resume: bool = False,
     force: bool = False,
     on_epoch: OnSeedsEpoch | None = None,
+    on_batch: Callable[[int, int, int], None] | None = None,
     stop: StopFlag | None = None,
     command: str = "",
 ) -> dict[int, TrainResult]:
@@ -259,7 +261,8 @@ def train_seeds(
     Each directory ends up as `train_run` with that seed would leave it. `resume`, `force`, `stop` and
     `command` are those of `train_run` (checked for every seed before anything is written); finished
     seeds are reused. Seeds whose checkpoints stand at different points are trained in one group per
-    point. `on_epoch(epoch, planned_epochs, rows)` receives each epoch's history row of every seed.
+    point. `on_epoch(epoch, planned_epochs, rows)` receives each epoch's history row of every seed;
+    `on_batch(epoch, steps_done, steps_per_epoch)` is called inside an epoch every `HEARTBEAT_SECONDS`.
     """
     device = device or torch.device("cpu")
     configs = {seed: dataclasses.replace(cfg, seed=seed) for seed in sorted(run_dirs)}
@@ -279,13 +282,13 @@ def train_seeds(
             _start_run_dir(run_dirs[seed], configs[seed], force)
         for (epoch, step, _), seeds in groups.items():
             group = {seed: (configs[seed], run_dirs[seed], checkpoints[seed]) for seed in seeds}
-            results.update(_train_group(group, data, device, epoch, step, on_epoch, stop, command))
+            results.update(_train_group(group, data, device, epoch, step, on_epoch, on_batch, stop, command))
     return {seed: results[seed] for seed in sorted(results)}
 
 
 def _train_group(group: Mapping[int, tuple[TrainConfig, Path, dict[str, Any] | None]], data: Dataset, device: torch.device,
-                 epoch: int, step_in_epoch: int, on_epoch: OnSeedsEpoch | None, stop: StopFlag | None,
-                 command: str) -> dict[int, TrainResult]:
+                 epoch: int, step_in_epoch: int, on_epoch: OnSeedsEpoch | None,
+                 on_batch: Callable[[int, int, int], None] | None, stop: StopFlag | None, command: str) -> dict[int, TrainResult]:
     """Train seeds that stand at the same point (`epoch`, `step_in_epoch`) as one stacked model."""
     runs: dict[int, _Seed] = {}
     optimizer_states = []
@@ -350,7 +353,7 @@ def _train_group(group: Mapping[int, tuple[TrainConfig, Path, dict[str, Any] | N
         save(done, finished=True)
         retire(done)
         while active:
-            started = time.perf_counter()
+            started = heard = time.perf_counter()
             order_states = [runs[seed].order_gen.get_state() for seed in active]  # the epoch's start, as checkpoints hold it
             perms = torch.stack([torch.randperm(n_train, generator=runs[seed].order_gen) for seed in active]).to(device)
             for step in range(step_in_epoch, steps_per_epoch):
@@ -368,6 +371,9 @@ def _train_group(group: Mapping[int, tuple[TrainConfig, Path, dict[str, Any] | N
                 optimizer.zero_grad(set_to_none=True)
                 losses.view(y.shape).mean(1).sum().backward()  # the sum of the networks' own mean losses: each its own gradient
                 optimizer.step()
+                if on_batch is not None and time.perf_counter() - heard >= HEARTBEAT_SECONDS:
+                    heard = time.perf_counter()
+                    on_batch(epoch + 1, step + 1, steps_per_epoch)
                 if stop is not None and stop.signal is not None:
                     step_in_epoch = step + 1
                     for seed, state in zip(active, order_states, strict=True):

@@ -44,6 +44,9 @@ EVAL_BATCH = 1024
 _AUG_SEED_OFFSET = 0x5DEECE66D  # separate random stream for augmentation
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_error", "test_loss", "test_error", "seconds")
+# Which network a history is, in every row, so histories stacked in pandas keep apart (same names as clones.parquet).
+HISTORY_IDENTITY = ("arch", "dataset", "width", "seed")
+HEARTBEAT_SECONDS = 30.0  # inside a long epoch, `on_batch` hears from the loop at least this often
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -109,8 +112,11 @@ def _keep_going(cfg: TrainConfig, epoch: int, history: list[dict[str, float]]) -
 
 def _write_history(run_dir: Path, cfg: TrainConfig, history: list[dict[str, float]], zero_error_epoch: int | None,
                    command: str) -> None:
-    columns = {c: [row[c] for row in history] for c in HISTORY_COLUMNS}
-    table = pa.table({c: pa.array(v, pa.int64() if c == "epoch" else pa.float64()) for c, v in columns.items()})
+    columns = {c: pa.array([row[c] for row in history], pa.int64() if c == "epoch" else pa.float64()) for c in HISTORY_COLUMNS}
+    identity = {"arch": cfg.model_spec.family, "dataset": cfg.dataset, "width": cfg.width, "seed": cfg.seed}
+    columns.update({c: pa.array([identity[c]] * len(history), pa.int64() if c in ("width", "seed") else pa.string())
+                    for c in HISTORY_IDENTITY})
+    table = pa.table(columns)
     meta = provenance("history", [], {"config": cfg.to_dict(), "zero_error_epoch": zero_error_epoch}, command)
     write_table(run_dir / HISTORY, table, meta)
 
@@ -187,6 +193,7 @@ def train_run(
     resume: bool = False,
     force: bool = False,
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    on_batch: Callable[[int, int, int], None] | None = None,
     stop: StopFlag | None = None,
     command: str = "",
 ) -> TrainResult:
@@ -204,6 +211,9 @@ def train_run(
         Discard what `run_dir` holds and start over.
     on_epoch : callable, optional
         Called as ``on_epoch(epoch, planned_epochs, history_row)`` after each epoch.
+    on_batch : callable, optional
+        Called as ``on_batch(epoch, steps_done, steps_per_epoch)`` during an epoch, every `HEARTBEAT_SECONDS`
+        (so a log hears from a long epoch).
     stop : StopFlag, optional
         When its signal is set, the loop saves a checkpoint and raises `Preempted`.
     command : str
@@ -263,7 +273,7 @@ def train_run(
 
     with stop.installed() if stop else contextlib.nullcontext():
         while _keep_going(cfg, epoch, history):
-            started = time.perf_counter()
+            started = heard = time.perf_counter()
             order_gen.set_state(order_state)
             perm = torch.randperm(n_train, generator=order_gen).to(device)
             model.train()
@@ -283,6 +293,9 @@ def train_run(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if on_batch is not None and time.perf_counter() - heard >= HEARTBEAT_SECONDS:
+                    heard = time.perf_counter()
+                    on_batch(epoch + 1, step + 1, steps_per_epoch)
                 if stop is not None and ranks.any(stop.signal is not None, device):
                     step_in_epoch = step + 1
                     seconds_in_epoch += time.perf_counter() - started

@@ -94,11 +94,11 @@ def _no_pwned(*roots: Path) -> None:
 
 
 @pytest.mark.parametrize("out", [HOSTILE, DASHED])
-def test_print_parses_back_to_the_planned_commands_and_runs_as_data(
+def test_dry_run_parses_back_to_the_planned_commands_and_runs_as_data(
     out: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["sweep", "--widths", "8,16", "--seeds", "0,1", "-o", out, "--epochs", "2", "--print"]) == 0
+    assert main(["sweep", "--widths", "8,16", "--seeds", "0,1", "-o", out, "--epochs", "2", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     expected = expected_commands(out, [8, 16], [0, 1], ["--epochs=2"])
     assert [shlex.split(line) for line in lines] == expected
@@ -113,7 +113,7 @@ def test_print_parses_back_to_the_planned_commands_and_runs_as_data(
     _no_pwned(tmp_path)
 
     # the documented parallel form: the train phase through xargs -P, one line per bash -c
-    assert main(["sweep", "--widths", "8,16", "--seeds", "0,1", "-o", out, "--epochs", "2", "--print", "--phase", "train"]) == 0
+    assert main(["sweep", "--widths", "8,16", "--seeds", "0,1", "-o", out, "--epochs", "2", "--dry-run", "--phase", "train"]) == 0
     train_lines = capsys.readouterr().out
     subprocess.run(["xargs", "-d", "\n", "-n", "1", "-P", "2", "bash", "-c"], input=train_lines, text=True,
                    env=env, cwd=tmp_path, check=True)
@@ -121,10 +121,10 @@ def test_print_parses_back_to_the_planned_commands_and_runs_as_data(
     _no_pwned(tmp_path)
 
 
-def test_print_json_lists_the_argv_of_each_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sweep", "--widths", "32", "--seeds", "3", "-o", HOSTILE, "--print", "--json", "--phase", "analysis"]) == 0
+def test_dry_run_json_lists_the_argv_of_each_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "--widths", "32", "--seeds", "3", "-o", HOSTILE, "--dry-run", "--json", "--phase", "analysis"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["mode"] == "print" and summary["grid_points"] == 1
+    assert summary["mode"] == "dry-run" and summary["grid_points"] == 1
     assert [c["argv"] for c in summary["commands"]] == expected_commands(HOSTILE, [32], [3], [])[1:]
     assert all(shlex.split(c["command"]) == c["argv"] for c in summary["commands"])
 
@@ -221,14 +221,14 @@ def test_grid_files_plan_the_same_commands_as_options(tmp_path: Path, capsys: py
     for args in (["--grid", str(toml)], ["--grid", str(js)],
                  ["-o", "runs", "--widths", "8,16", "--seeds", "0,1", "--epochs", "2", "--until-zero-error",
                   "--train-arg=--no-augment", "--clones-arg=--repeats=5"]):
-        assert main(["sweep", *args, "--print"]) == 0
+        assert main(["sweep", *args, "--dry-run"]) == 0
         printed.append(capsys.readouterr().out)
     assert printed[0] == printed[1] == printed[2]
     commands = [shlex.split(line) for line in printed[0].splitlines()]
     assert set(commands[0][-3:]) == {"--epochs=2", "--until-zero-error", "--no-augment"}
     assert "--repeats=5" in next(c for c in commands if c[1] == "clones")
     # the command line overrides the file
-    assert main(["sweep", "--grid", str(toml), "--widths", "32", "--seeds", "4", "--print", "--phase", "train"]) == 0
+    assert main(["sweep", "--grid", str(toml), "--widths", "32", "--seeds", "4", "--dry-run", "--phase", "train"]) == 0
     assert [shlex.split(line)[3:5] for line in capsys.readouterr().out.splitlines()] == [["--width=32", "--seed=4"]]
 
 
@@ -238,7 +238,7 @@ def test_grid_files_plan_the_same_commands_as_options(tmp_path: Path, capsys: py
     (["--train-arg=--no-such-option"], "No such option"),
     (["--epochs", "2", "--train-arg=--width=4"], "--width is set by the sweep"),
     (["--clones-arg=--repeats=many"], "clones options of the sweep"),
-    (["--print", "--slurm", "x.sh"], "choose one of"),
+    (["--dry-run", "--slurm", "x.sh"], "choose one of"),
     (["--throttle", "3"], "--slurm only"),
     (["--dataset", "../up"], "folder name"),
     (["--phase", "later"], "--phase 'later'"),
@@ -259,10 +259,10 @@ def test_bad_grid_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
                                 ("g.json", '{"widths": [8.5]}', "list of integers"),
                                 ("g.json", '{"train": 3, "widths": [8]}', "[train] must be a table")):
         (tmp_path / name).write_text(text)
-        assert main(["sweep", "--grid", str(tmp_path / name), "--print"]) == 2
+        assert main(["sweep", "--grid", str(tmp_path / name), "--dry-run"]) == 2
         err = capsys.readouterr().err
         assert message in err and str(tmp_path / name) in err
-    assert main(["sweep", "--grid", str(tmp_path / "missing.toml"), "--print"]) == 2
+    assert main(["sweep", "--grid", str(tmp_path / "missing.toml"), "--dry-run"]) == 2
     assert "cannot read the grid file" in capsys.readouterr().err
 
 
@@ -311,3 +311,25 @@ def test_rerun_keeps_the_activation_files(tmp_path: Path) -> None:
     before = acts.read_bytes()
     assert main(args) == 0
     assert acts.read_bytes() == before
+
+
+def test_common_train_options_are_taken_directly(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--ending batchnorm` and friends reach every grid point's train command, as `--train-arg` sends them."""
+    import typer.main
+
+    from mitosis_cli.cli.app import app
+    from mitosis_cli.cli.train import train_settings
+
+    pairs = [("--ending", "batchnorm"), ("--depth", "3"), ("--optimizer", "adam"), ("--schedule", "constant"),
+             ("--lr-min", "0.001")]
+    direct = [word for pair in pairs for word in pair] + ["--no-augment"]
+    via_arg = [f"--train-arg={name}={value}" for name, value in pairs] + ["--train-arg=--no-augment"]
+    printed = []
+    for options in (direct, via_arg):
+        assert main(["sweep", "--widths", "8,16", "-o", "s", "--dry-run", "--phase", "train", *options]) == 0
+        printed.append(capsys.readouterr().out.splitlines())
+    assert printed[0] == printed[1]
+    command = typer.main.get_command(app).get_command(None, "train")
+    parsed = [train_settings(command.make_context("train", shlex.split(line)[2:]).params).config for line in printed[0]]
+    assert [(c.width, c.ending, c.depth, c.optimizer, c.augment, c.schedule, c.lr_min) for c in parsed] == [
+        (w, "batchnorm", 3, "adam", False, "constant", 0.001) for w in (8, 16)]
