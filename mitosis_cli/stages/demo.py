@@ -168,8 +168,8 @@ def demo_steps(settings: DemoSettings) -> DemoSteps:
 
 
 # A seed costs about this many parameters' worth of work beyond its network's arithmetic: per step, the gather of
-# its batch and the small kernels; per epoch, its checkpoint and history writes (fitted to docs/benchmarks.md's
-# per-configuration times, MLPs on mnist5k, 1 thread).
+# its batch and the small kernels; per epoch, its checkpoint and history writes. With it, the cost of each of the
+# demo's seven steps is proportional to its measured CPU time within 15 % (docs/results.md, "Run time").
 SEED_OVERHEAD_PARAMETERS = 25_000
 
 
