@@ -90,9 +90,9 @@ _mitosis() {
             [[ $prev == --progress ]] && choices='auto bar lines none'
             ;;
         train)
-            options='--acts --arch --augment --batch-size --data-dir --dataset --depth --device --download --ending --epochs --force --help --json --label-smoothing --lr --lr-min --max-epochs --momentum --no-augment --optimizer --out --progress --quiet --resume --save-epochs --schedule --seed --threads --train-size --until-zero-error --weight-decay --width -a -d -h -o -q -w'
+            options='--acts --arch --augment --batch-size --data-dir --dataset --depth --device --download --ending --epochs --force --help --json --label-smoothing --lr --lr-min --max-epochs --momentum --no-augment --optimizer --out --progress --quiet --resume --save-epochs --schedule --seed --seeds --threads --train-size --until-zero-error --weight-decay --width -a -d -h -o -q -w'
             path_options=' --acts --data-dir --out -o '
-            value_options=' --arch --batch-size --dataset --depth --device --ending --epochs --label-smoothing --lr --lr-min --max-epochs --momentum --optimizer --progress --save-epochs --schedule --seed --threads --train-size --weight-decay --width -a -d -w '
+            value_options=' --arch --batch-size --dataset --depth --device --ending --epochs --label-smoothing --lr --lr-min --max-epochs --momentum --optimizer --progress --save-epochs --schedule --seed --seeds --threads --train-size --weight-decay --width -a -d -w '
             positional=none
             [[ $prev == -d ]] && choices='mnist5k synthetic mnist fashion-mnist kmnist cifar10 cifar100'
             [[ $prev == --dataset ]] && choices='mnist5k synthetic mnist fashion-mnist kmnist cifar10 cifar100'

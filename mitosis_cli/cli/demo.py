@@ -44,7 +44,7 @@ def demo(
     dry_run: options.DryRun = False,
     out: Annotated[Path, typer.Option("--out", "-o", rich_help_panel=options.OUTPUTS, help="Folder for every run and result.")] = Path("mitosis-demo"),
     json_out: options.Json = False,
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, rich_help_panel=options.RUNTIME, help="Training runs at once, one thread each (default: the usable CPUs; 1 on a GPU).")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, rich_help_panel=options.RUNTIME, help="Training steps at once (one per width: its seeds train together), sharing the CPUs as threads (default: the usable CPUs; 1 on a GPU).")] = None,
     device: options.Device = "auto",
     threads: options.Threads = None,
     progress_mode: options.Progress = "auto",
@@ -68,7 +68,9 @@ def demo(
         for step in [*steps.train, *steps.analysis]:
             typer.echo(step.shell())
         return
-    say(f"mitosis demo ({steps.plan.name}): {steps.plan.description}; {len(steps.train)} training runs -> {out}", quiet)
+    networks = sum(max(1, len(step.points)) for step in steps.train)
+    say(f"mitosis demo ({steps.plan.name}): {steps.plan.description}; {networks} networks in {len(steps.train)} training "
+        f"steps (the seeds of a width together) -> {out}", quiet)
     set_threads(threads)
     with progress(progress_mode, quiet) as on_step:
         result = run_demo(settings, on_step, lambda number, total, step: say(f"$ mitosis {step.stage} ...", quiet))

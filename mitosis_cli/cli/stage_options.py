@@ -20,7 +20,7 @@ from mitosis_cli.values import int_list_value, parse_int_list
 if TYPE_CHECKING:
     from mitosis_cli.stages.sweep import Grid
 
-RESERVED = {"train": ("dataset", "width", "seed", "out", "acts", "resume"), "clones": ("out",), "ensemble": ("out",),
+RESERVED = {"train": ("dataset", "width", "seed", "seeds", "out", "acts", "resume"), "clones": ("out",), "ensemble": ("out",),
             "report": ("out",)}  # set by the sweep itself, per grid point or per data set
 SETTINGS_OF = {"train": train_settings, "clones": clone_settings, "ensemble": ensemble_settings, "report": report_settings}
 

@@ -47,7 +47,7 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=options.MODE, help="Print one quoted command per line instead of running them.")] = False,
     print_: Annotated[bool, typer.Option("--print", hidden=True, help="Deprecated old name of --dry-run.")] = False,
     phase: Annotated[str, typer.Option("--phase", rich_help_panel=options.MODE, **options.choices(options.PHASES), help="all, train (the grid points) or analysis (ensemble, clones, report per data set): which commands --run runs or --dry-run prints.")] = "all",
-    slurm: Annotated[Path | None, typer.Option("--slurm", rich_help_panel=options.MODE, help="Write a SLURM job-array script to this file (one task per grid point), and NAME-analysis.EXT beside it for the per-data-set stages.")] = None,
+    slurm: Annotated[Path | None, typer.Option("--slurm", rich_help_panel=options.MODE, help="Write a SLURM job-array script to this file (one task per data set and width, its seeds trained together), and NAME-analysis.EXT beside it for the per-data-set stages.")] = None,
     throttle: Annotated[int | None, typer.Option("--throttle", min=1, rich_help_panel=options.MODE, help="SLURM: at most this many array tasks at once (--array=0-N%THROTTLE).")] = None,
     sbatch: Annotated[list[str] | None, typer.Option("--sbatch", rich_help_panel=options.MODE, help="SLURM: an extra #SBATCH directive, e.g. --sbatch=--gres=gpu:1 or --sbatch=--time=12:00:00 (repeatable).")] = None,
     setup: Annotated[list[str] | None, typer.Option("--setup", rich_help_panel=options.MODE, help="SLURM: a shell line the scripts run first, verbatim, e.g. 'source .venv/bin/activate' (repeatable).")] = None,
@@ -60,7 +60,7 @@ def sweep(
 ) -> None:
     """Expand a grid of widths x seeds x data sets into the pipeline's commands, and run, print or submit them.
 
-    Per grid point: mitosis train --dataset D --width W --seed S -o OUT/D/wW-sS --acts OUT/D/wW-sS/acts.h5 --resume. Then per data set: mitosis ensemble (with 2 or more seeds), mitosis clones and mitosis report under OUT/D/. Reruns are cheap: finished runs and results are reused, interrupted runs resume. The train options above apply to every grid point.
+    Per data set and width, its seeds trained together as one batched model: mitosis train --dataset D --width W --seeds 0-3 -o 'OUT/D/wW-s{seed}' --acts 'OUT/D/wW-s{seed}/acts.h5' --resume (one seed: --seed S). Then per data set: mitosis ensemble (with 2 or more seeds), mitosis clones and mitosis report under OUT/D/. Reruns are cheap: finished runs and results are reused, interrupted runs resume. The train options above apply to every grid point.
 
     --dry-run writes the training commands first, then the analysis; the training commands are independent, the analysis needs all of them. To run in parallel, print the two phases separately: first --phase train through xargs or GNU parallel, then --phase analysis in order.
 

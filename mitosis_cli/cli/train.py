@@ -11,9 +11,10 @@ import typer
 
 from mitosis_cli.cli import options
 from mitosis_cli.cli.console import emit_json, progress, say
+from mitosis_cli.errors import InputError
 from mitosis_cli.io.activations import network_label
 from mitosis_cli.runtime import StopFlag, pick_device, set_threads
-from mitosis_cli.stages.train import TrainSettings
+from mitosis_cli.stages.train import SeedsOutcome, TrainOutcome, TrainSettings, seed_list
 from mitosis_cli.training.config import TrainConfig
 from mitosis_cli.values import parse_int_list
 
@@ -21,11 +22,14 @@ from mitosis_cli.values import parse_int_list
 def train_settings(params: Mapping[str, Any]) -> TrainSettings:
     """The stage settings of the parsed options of `mitosis train` (the sweep parses its train options so too)."""
     save = parse_int_list(params["save_epochs"], "--save-epochs") if params["save_epochs"] else ()
+    seeds = parse_int_list(params["seeds"], "--seeds") if params["seeds"] is not None else ()
+    if seeds and params["seed"] is not None:
+        raise InputError("--seed and --seeds exclude each other", hint="one run: --seed S; several trained together: --seeds 0-15")
     config = TrainConfig(**{key: params[key] for key in (
         "dataset", "train_size", "arch", "width", "depth", "ending", "epochs", "batch_size", "optimizer", "lr", "momentum",
-        "weight_decay", "schedule", "lr_min", "label_smoothing", "augment", "seed", "until_zero_error", "max_epochs")},
-        save_epochs=list(save))
-    return TrainSettings(config=config, **{key: params[key] for key in (
+        "weight_decay", "schedule", "lr_min", "label_smoothing", "augment", "until_zero_error", "max_epochs")},
+        seed=params["seed"] or 0, save_epochs=list(save))
+    return TrainSettings(config=config, seeds=seeds, **{key: params[key] for key in (
         "out", "acts", "data_dir", "download", "resume", "force", "device", "threads")})
 
 
@@ -38,7 +42,8 @@ def train(
     width: Annotated[int, typer.Option("--width", "-w", rich_help_panel=options.MODEL, help="Width W of the last hidden layer (wrn: W = 64k; densenet-40: W = 11g).")] = 256,
     depth: Annotated[int | None, typer.Option("--depth", rich_help_panel=options.MODEL, help="Hidden layers (mlp, default 2) or network depth (wrn 28, densenet 40).")] = None,
     ending: Annotated[str | None, typer.Option("--ending", rich_help_panel=options.MODEL, **options.choices(options.ENDINGS), help="Last hidden layer ends with relu or batchnorm (no ReLU); default relu for mlp, batchnorm for wrn/densenet.")] = None,
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=options.MODEL, help="Seed of initialisation, shuffling and augmentation.")] = 0,
+    seed: Annotated[int | None, typer.Option("--seed", rich_help_panel=options.MODEL, help="Seed of initialisation, shuffling and augmentation (default 0).")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", rich_help_panel=options.MODEL, help="Train these seeds together as one batched model, e.g. 0-15, one run per seed: -o DIR writes DIR-s0, DIR-s1, ...; '{seed}' in -o/--acts is replaced by the seed instead (--acts a.h5 without it: a-s0.h5, ...). Excludes --seed.")] = None,
     optimizer: Annotated[str, typer.Option("--optimizer", rich_help_panel=options.OPTIMISATION, **options.choices(options.OPTIMIZERS), help="sgd (with momentum) or adam.")] = "sgd",
     lr: Annotated[float | None, typer.Option("--lr", rich_help_panel=options.OPTIMISATION, help="Peak learning rate (default 0.05; CIFAR 0.1).")] = None,
     momentum: Annotated[float, typer.Option("--momentum", rich_help_panel=options.OPTIMISATION, help="SGD momentum.")] = 0.9,
@@ -72,6 +77,8 @@ def train(
     Example: mitosis train --width 512 --ending batchnorm --until-zero-error -o runs/w512-bn 2> runs/w512-bn.log
 
     Example: mitosis train --dataset cifar10 --arch wrn --width 512 --data-dir ~/data -o runs/wrn28-8 --resume
+
+    Example: mitosis train --width 16 --seeds 0-15 -o 'runs/w16-s{seed}' --acts 'runs/w16-s{seed}/acts.h5'
     """
     from mitosis_cli.stages.train import run_train
 
@@ -80,21 +87,30 @@ def train(
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 speaks
         quiet, json_out = True, False
     cfg = settings.config.resolved()
-    say(f"training {network_label(cfg.model_spec.family, cfg.width, cfg.seed, dataset=cfg.dataset)} ({cfg.epochs} epochs, "
-        f"{pick_device(device)}) -> {out}", quiet)
+    which = f"s{seed_list(settings.seeds)}, trained together" if settings.seeds else f"s{cfg.seed}"
+    target = f"{settings.for_seed(settings.seeds[0]).out} ... {settings.for_seed(settings.seeds[-1]).out}" if settings.seeds else out
+    say(f"training {network_label(cfg.model_spec.family, cfg.width, dataset=cfg.dataset)} {which} ({cfg.epochs} epochs, "
+        f"{pick_device(device)}) -> {target}", quiet)
     with progress(progress_mode, quiet) as on_step:
         outcome = run_train(settings, on_step, stop=StopFlag())
+    several = isinstance(outcome, SeedsOutcome)
+    for one in outcome.runs if several else (outcome,):
+        _report(one, f"done (seed {one.config.seed})" if several else "done", quiet)
+    if json_out:
+        emit_json(outcome.to_json())
+
+
+def _report(outcome: TrainOutcome, done: str, quiet: bool) -> None:
     result, final = outcome.result, outcome.result.final
     if result.skipped:
-        say(f"{out}: already trained with these options ({result.epochs} epochs); skipped (--force to retrain)", quiet)
+        say(f"{result.run_dir}: already trained with these options ({result.epochs} epochs); skipped (--force to retrain)", quiet)
     zero = f"zero training error at epoch {result.zero_error_epoch}" if result.zero_error_epoch else "training error never reached 0"
-    say(f"done: {result.epochs} epochs, train error {final.get('train_error', float('nan')):.4f}, "
-        f"test error {final.get('test_error', float('nan')):.4f}; {zero}", quiet)
+    say(f"{done}: {result.epochs} epochs, "
+        f"train error {final.get('train_error', float('nan')):.4f}, test error {final.get('test_error', float('nan')):.4f}; {zero}",
+        quiet)
     if outcome.acts is not None:
         say(f"{outcome.acts.acts}: already extracted from this checkpoint; skipped" if outcome.acts.skipped
             else f"activations -> {outcome.acts.acts}", quiet)
-    if json_out:
-        emit_json(outcome.to_json())
 
 
 def register(app: typer.Typer) -> None:

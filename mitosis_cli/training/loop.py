@@ -14,7 +14,7 @@ import json
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,10 +89,25 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(params: Iterable[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _steps_per_epoch(n_train: int, batch_size: int) -> tuple[int, int]:
+    """(batch, optimiser steps per epoch). A final batch of one sample breaks BatchNorm in train mode: it is
+    dropped (and reshuffled next epoch)."""
+    batch = min(int(batch_size), n_train)
+    return batch, n_train // batch + (1 if n_train % batch > 1 else 0)
+
+
+def _keep_going(cfg: TrainConfig, epoch: int, history: list[dict[str, float]]) -> bool:
+    """Whether a run that has done `epoch` epochs trains another one."""
+    if epoch < int(cfg.epochs):
+        return True
+    unfit = not history or history[-1]["train_error"] > 0
+    return bool(cfg.until_zero_error) and unfit and epoch < int(cfg.max_epochs)
 
 
 def _write_history(run_dir: Path, cfg: TrainConfig, history: list[dict[str, float]], zero_error_epoch: int | None,
@@ -143,6 +158,31 @@ def _clear_run_dir(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
+def _start_run_dir(run_dir: Path, cfg: TrainConfig, force: bool) -> None:
+    """Make the run directory (emptied first with `force`) and write its config.json."""
+    if force:
+        _clear_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run_dir / CONFIG) as tmp:  # a kill mid-write must not leave half a config.json
+        tmp.write_text(cfg.to_json() + "\n")
+
+
+def _save_progress(run_dir: Path, cfg: TrainConfig, model: nn.Module, data: Dataset, optimizer_state: dict[str, Any], *,
+                   epoch: int, step_in_epoch: int, seconds_in_epoch: float, order_rng: torch.Tensor, aug_rng: torch.Tensor,
+                   history: list[dict[str, float]], zero_epoch: int | None, finished: bool) -> None:
+    """checkpoint.pt: everything a run needs to continue exactly where it is."""
+    save_checkpoint(
+        run_dir / CHECKPOINT,
+        _checkpoint_payload(
+            cfg, model, data,
+            epoch=epoch, step_in_epoch=step_in_epoch, seconds_in_epoch=seconds_in_epoch,
+            optimizer=optimizer_state, order_rng=order_rng, aug_rng=aug_rng,
+            history=json.dumps(history), zero_error_epoch=-1 if zero_epoch is None else zero_epoch,
+            finished=finished,
+        ),
+    )
+
+
 def train_run(
     cfg: TrainConfig,
     run_dir: Path,
@@ -190,26 +230,20 @@ def train_run(
         return TrainResult(run_dir, ckpt["epoch"], _zero_epoch(ckpt), history, skipped=True, device=str(device))
     data = load_dataset(cfg.dataset, data_dir, download, cfg.train_size).to(device)
     if ranks.is_main:
-        if force:
-            _clear_run_dir(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / CONFIG) as tmp:  # a kill mid-write must not leave half a config.json
-            tmp.write_text(cfg.to_json() + "\n")
+        _start_run_dir(run_dir, cfg, force)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_spec, data.input_shape, data.num_classes).to(device)
     channels_last = device.type == "cuda" and len(data.input_shape) == 3
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(model, cfg)
+    optimizer = _optimizer(model.parameters(), cfg)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + _AUG_SEED_OFFSET)
     augment = bool(cfg.augment) and data.augmentable
 
     n_train = len(data.train_y)
-    batch = min(int(cfg.batch_size), n_train)
-    # A final batch of one sample breaks BatchNorm in train mode; drop it (it is reshuffled next epoch).
-    steps_per_epoch = n_train // batch + (1 if n_train % batch > 1 else 0)
+    batch, steps_per_epoch = _steps_per_epoch(n_train, int(cfg.batch_size))
     total_steps = steps_per_epoch * int(cfg.epochs)
 
     epoch, step_in_epoch, seconds_in_epoch = 0, 0, 0.0
@@ -231,28 +265,14 @@ def train_run(
     if ranks.active:
         torch.distributed.barrier()  # rank 0 has cleared the directory before anyone goes on
 
-    def keep_going() -> bool:
-        if epoch < int(cfg.epochs):
-            return True
-        unfit = not history or history[-1]["train_error"] > 0
-        return cfg.until_zero_error and unfit and epoch < int(cfg.max_epochs)
-
     def save(finished: bool = False) -> None:
-        if not ranks.is_main:
-            return
-        save_checkpoint(
-            run_dir / CHECKPOINT,
-            _checkpoint_payload(
-                cfg, model, data,
-                epoch=epoch, step_in_epoch=step_in_epoch, seconds_in_epoch=seconds_in_epoch,
-                optimizer=optimizer.state_dict(), order_rng=order_state, aug_rng=aug_gen.get_state(),
-                history=json.dumps(history), zero_error_epoch=-1 if zero_epoch is None else zero_epoch,
-                finished=finished,
-            ),
-        )
+        if ranks.is_main:
+            _save_progress(run_dir, cfg, model, data, optimizer.state_dict(), epoch=epoch, step_in_epoch=step_in_epoch,
+                           seconds_in_epoch=seconds_in_epoch, order_rng=order_state, aug_rng=aug_gen.get_state(),
+                           history=history, zero_epoch=zero_epoch, finished=finished)
 
     with stop.installed() if stop else contextlib.nullcontext():
-        while keep_going():
+        while _keep_going(cfg, epoch, history):
             started = heard = time.perf_counter()
             order_gen.set_state(order_state)
             perm = torch.randperm(n_train, generator=order_gen).to(device)

@@ -38,6 +38,8 @@ CASES = [
                   out=ODD / "run", acts=ODD / "a.h5", data_dir=ODD, download=True, resume=True, force=True, device="cpu",
                   threads=2),
     TrainSettings(config=TrainConfig(augment=True)),
+    TrainSettings(config=TrainConfig(width=16, epochs=3), seeds=(0, 1, 2, 3, 7, 9, 10), out=ODD / "w16-s{seed}",
+                  acts=ODD / "a.h5"),
     CloneSettings(),
     CloneSettings(inputs=(ODD / "a.h5", Path("b.h5")), out=ODD, sizes=(1, 3, 8), repeats=3, acc_repeats=4, seed=5, rescale=True,
                   r2_threshold=0.95, ii_points=0, ii_k=2, error_inf=0.125, force=True, device="cpu", threads=1),

@@ -33,10 +33,16 @@ QUICK_ANALYSIS = ["--clones-arg=--repeats=2", "--clones-arg=--acc-repeats=2", "-
 def expected_commands(
     out: str, widths: list[int], seeds: list[int], train_extra: list[str], dataset: str = "mnist5k"
 ) -> list[list[str]]:
-    """The sweep's commands for one data set, spelled out independently of the planner."""
+    """The sweep's commands for one data set, spelled out independently of the planner.
+
+    One training command per width: its seeds together (`--seeds`, consecutive here) with '{seed}' in the paths.
+    """
     runs = [f"{out}/{dataset}/w{w}-s{s}" for w in widths for s in seeds]
-    train = [["mitosis", "train", f"--dataset={dataset}", f"--width={w}", f"--seed={s}", f"--out={out}/{dataset}/w{w}-s{s}",
-              f"--acts={out}/{dataset}/w{w}-s{s}/acts.h5", "--resume", *train_extra] for w in widths for s in seeds]
+    assert seeds == list(range(seeds[0], seeds[-1] + 1))
+    which = [f"--seeds={seeds[0]}-{seeds[-1]}"] if len(seeds) > 1 else [f"--seed={seeds[0]}"]
+    run = "s{seed}" if len(seeds) > 1 else f"s{seeds[0]}"
+    train = [["mitosis", "train", f"--dataset={dataset}", f"--width={w}", *which, f"--out={out}/{dataset}/w{w}-{run}",
+              f"--acts={out}/{dataset}/w{w}-{run}/acts.h5", "--resume", *train_extra] for w in widths]
     acts = [f"{run}/acts.h5" for run in runs]
     folder = f"{out}/{dataset}"
     analysis = []
@@ -111,7 +117,7 @@ def test_dry_run_parses_back_to_the_planned_commands_and_runs_as_data(
     train_lines = capsys.readouterr().out
     subprocess.run(["xargs", "-d", "\n", "-n", "1", "-P", "2", "bash", "-c"], input=train_lines, text=True,
                    env=env, cwd=tmp_path, check=True)
-    assert sorted(_calls(log)) == sorted(expected[:4])
+    assert sorted(_calls(log)) == sorted(expected[:2])  # one per width
     _no_pwned(tmp_path)
 
 
@@ -145,46 +151,45 @@ def test_slurm_array_names_every_grid_point_once_and_requeues_on_preemption(
     summary = json.loads(capsys.readouterr().out)
     analysis = tmp_path / "my job-analysis.sbatch"
     assert summary["array_script"] == str(job) and summary["analysis_script"] == str(analysis)
-    assert summary["array_tasks"] == 6
+    assert summary["array_tasks"] == 2  # one per width, its three seeds together
     for script in (job, analysis):
         subprocess.run(["bash", "-n", str(script)], check=True)
     text = job.read_text()
     directives = [line for line in text.splitlines() if line.startswith("#SBATCH")]
-    assert "#SBATCH --array=0-5%2" in directives and "#SBATCH --time=01:00:00" in directives
+    assert "#SBATCH --array=0-1%2" in directives and "#SBATCH --time=01:00:00" in directives
     assert "#SBATCH --requeue" in directives
     output = next(line for line in directives if line.startswith("#SBATCH --output="))
     assert _sbatch_value(output) == f"{out}/logs/%A_%a.out"
     assert (out / "logs").is_dir()  # SLURM does not create it
-    points = [(w, s) for w in (8, 16) for s in (0, 1, 2)]
-    for w, s in points:
-        assert text.count(f"/w{w}-s{s}/acts.h5") == 1, f"grid point w{w}-s{s} is not named exactly once"
+    for w in (8, 16):
+        assert text.count(f"/w{w}-s{{seed}}/acts.h5") == 1, f"width {w} is not named exactly once"
 
     expected = expected_commands(str(out), [8, 16], [0, 1, 2], ["--epochs=2"])
     env, log = _stubs(tmp_path)
     env.update(SLURM_ARRAY_JOB_ID="42")
-    for task in range(len(points)):
+    for task in range(2):
         result = subprocess.run(["bash", str(job)], env={**env, "SLURM_ARRAY_TASK_ID": str(task)}, cwd=tmp_path,
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert "setup-ran" in result.stderr
         assert _calls(log) == [expected[task]]
-    # no grid point beyond the array
-    assert subprocess.run(["bash", str(job)], env={**env, "SLURM_ARRAY_TASK_ID": "6"}, cwd=tmp_path,
+    # no training step beyond the array
+    assert subprocess.run(["bash", str(job)], env={**env, "SLURM_ARRAY_TASK_ID": "2"}, cwd=tmp_path,
                           capture_output=True).returncode != 0
     assert _calls(log) == []
     # a preempted task (exit code 75) requeues itself and keeps the exit code
-    result = subprocess.run(["bash", str(job)], env={**env, "SLURM_ARRAY_TASK_ID": "3", "STUB_EXIT": "75"}, cwd=tmp_path,
+    result = subprocess.run(["bash", str(job)], env={**env, "SLURM_ARRAY_TASK_ID": "1", "STUB_EXIT": "75"}, cwd=tmp_path,
                             capture_output=True, text=True)
     assert result.returncode == 75
-    assert _calls(log) == [expected[3], ["scontrol", "requeue", "42_3"]]
+    assert _calls(log) == [expected[1], ["scontrol", "requeue", "42_1"]]
     # a failing task is not requeued
-    result = subprocess.run(["bash", str(job)], env={**env, "SLURM_ARRAY_TASK_ID": "1", "STUB_EXIT": "2"}, cwd=tmp_path,
+    result = subprocess.run(["bash", str(job)], env={**env, "SLURM_ARRAY_TASK_ID": "0", "STUB_EXIT": "2"}, cwd=tmp_path,
                             capture_output=True, text=True)
-    assert result.returncode == 2 and _calls(log) == [expected[1]]
+    assert result.returncode == 2 and _calls(log) == [expected[0]]
 
     # the analysis job runs the per-data-set stages in order
     subprocess.run(["bash", str(analysis)], env=env, cwd=tmp_path, check=True, capture_output=True)
-    assert _calls(log) == expected[len(points):]
+    assert _calls(log) == expected[2:]
     _no_pwned(tmp_path)
     assert "sbatch --dependency=afterok:" in summary["submit"]
 
@@ -265,7 +270,7 @@ def test_run_stops_at_the_first_failure_with_its_exit_code(tmp_path: Path, capsy
     code = main(["sweep", "--widths", "8,16", "--dataset", "no-such-set", "-o", str(tmp_path / "s"), "--json", "--quiet"])
     summary = json.loads(capsys.readouterr().out)
     assert code == 2 and summary["exit_code"] == 2
-    assert [c["exit_code"] for c in summary["commands"]] == [2]  # the second grid point never ran
+    assert [c["exit_code"] for c in summary["commands"]] == [2]  # the second width never ran
 
 
 @pytest.mark.slow
@@ -275,7 +280,7 @@ def test_sweep_runs_end_to_end_and_a_rerun_reuses_the_training(tmp_path: Path, c
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert [(c["stage"], c["exit_code"]) for c in summary["commands"]] == [
-        ("train", 0), ("train", 0), ("ensemble", 0), ("clones", 0), ("report", 0)]
+        ("train", 0), ("ensemble", 0), ("clones", 0), ("report", 0)]  # the two seeds of w8 trained together
     folder = out / "mnist5k"
     for seed in (0, 1):
         assert {"history.parquet", "acts.h5", "checkpoint.pt"} <= {p.name for p in (folder / f"w8-s{seed}").iterdir()}
@@ -290,11 +295,12 @@ def test_sweep_runs_end_to_end_and_a_rerun_reuses_the_training(tmp_path: Path, c
         assert shlex.split(recorded)[:2] == ["mitosis", stage] and "mitosis sweep" not in recorded
         if stage != "train":
             assert recorded == commands[stage]
-    assert "--seed=1" in shlex.split(json.loads(pq.read_schema(folder / "w8-s1/history.parquet").metadata[b"mitosis"])["command"])
+    recorded = json.loads(pq.read_schema(folder / "w8-s1/history.parquet").metadata[b"mitosis"])["command"]
+    assert "--seeds=0-1" in shlex.split(recorded)
 
     assert main([*args, "--phase", "train"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert [(c["stage"], c["skipped"]) for c in again["commands"]] == [("train", True), ("train", True)]
+    assert [(c["stage"], c["skipped"]) for c in again["commands"]] == [("train", True)]
     assert (folder / "w8-s0" / "history.parquet").read_bytes() == history
 
 
