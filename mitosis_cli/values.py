@@ -9,6 +9,8 @@ option. Results are sorted and without repeats.
 
 from __future__ import annotations
 
+import math
+
 from mitosis_cli.errors import InputError
 
 INT_LIST_EXAMPLES = "e.g. 16,64,256 or 0-3 or 8-256:x2"
@@ -91,3 +93,14 @@ def parse_shard(text: str, where: str = "--shard") -> tuple[int, int]:
     if not (k.isdigit() and n.isdigit()) or not 0 <= int(k) < int(n):
         raise InputError(f"{where} {text!r}: expected K/N with 0 <= K < N, e.g. 0/4")
     return int(k), int(n)
+
+
+def parse_float_list(text: str, where: str) -> tuple[float, ...]:
+    """``"0.485,0.456,0.406"`` -> (0.485, 0.456, 0.406): comma-separated finite numbers (per-channel values)."""
+    try:
+        values = tuple(float(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"{where} {text!r}: expected comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise InputError(f"{where} {text!r}: expected comma-separated finite numbers, e.g. 0.485,0.456,0.406")
+    return values

@@ -24,7 +24,7 @@ from rich.markup import escape  # noqa: E402
 from typer.exceptions import TyperException  # noqa: E402
 
 from mitosis_cli import __version__  # noqa: E402
-from mitosis_cli.cli import clones, demo, ensemble, extract, report, sweep, train  # noqa: E402
+from mitosis_cli.cli import clones, demo, ensemble, extract, importing, options, report, sweep, train  # noqa: E402
 from mitosis_cli.cli.console import stderr  # noqa: E402
 from mitosis_cli.errors import PREEMPTED_EXIT_CODE, InputError, OutputError, Preempted  # noqa: E402
 from mitosis_cli.io.atomic import failure_reason, is_write_failure  # noqa: E402
@@ -37,6 +37,7 @@ app = typer.Typer(
     add_completion=False,  # the completion scripts are generated files (completions/, docs/shell.md)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=options.Group,  # plain metavars: no <bool> on the flags
 )
 
 _debug = {"on": False}
@@ -59,7 +60,7 @@ def root(
     _debug["on"] = debug
 
 
-for module in (train, extract, clones, ensemble, report, sweep, demo):
+for module in (train, extract, importing, clones, ensemble, report, sweep, demo):
     module.register(app)
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from mitosis_cli import __version__
 from mitosis_cli.errors import InputError
 from mitosis_cli.io.atomic import atomic_path, check_room
+from mitosis_cli.io.checks import check_finite, check_labels, check_shard, is_int
 from mitosis_cli.io.hdf5 import hdf5_writer
 from mitosis_cli.io.paths import input_file
 from mitosis_cli.io.stamp import Stamp
@@ -43,7 +44,6 @@ FORMAT = "mitosis-activations"
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
 _CHUNK_BYTES = 1 << 20  # ~1 MiB row blocks: cheap to stream, small enough to cache
-MAX_MAGNITUDE = 1e15  # largest value read: float32 sums of products of such values stay far below 3.4e38
 
 Batch = tuple[np.ndarray, "np.ndarray | None", np.ndarray]  # features, logits (None in a file without), labels
 
@@ -58,6 +58,22 @@ def network_label(arch: str, width: int, seed: int | None = None, epoch: int | N
     parts += [f"s{seed}"] if seed is not None and seed >= 0 else []
     parts += [f"e{epoch}"] if epoch is not None and epoch >= 0 else []
     return " ".join(p for p in parts if p)
+
+
+def network_labels(networks: Iterable[Mapping[str, Any]]) -> list[str]:
+    """`network_label` of each network (a mapping of arch, width, seed, epoch, dataset and source, as a
+    table's row holds them), with the data set when they come from more than one, and the source where two
+    would still read alike (the same network in two folders)."""
+    rows = list(networks)
+    several = len({row.get("dataset") for row in rows}) > 1
+
+    def number(value: Any) -> int | None:
+        return None if value is None or value != value else int(value)  # a missing value reads back as None or NaN
+
+    labels = [network_label(str(row.get("arch") or ""), int(row["width"]), number(row.get("seed")), number(row.get("epoch")),
+                            str(row.get("dataset") or "") if several else "") for row in rows]
+    return [f"{label} ({row.get('source')})" if labels.count(label) > 1 else label
+            for label, row in zip(labels, rows, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -135,10 +151,10 @@ class ActivationHeader:
             raise InputError(f"{where}: format_version {attrs.get('format_version')!r} is not supported "
                              f"(this mitosis reads {FORMAT_VERSION})")
         for key in ("width", "num_classes"):
-            if not _is_int(attrs.get(key)) or attrs[key] < 1:
+            if not is_int(attrs.get(key)) or attrs[key] < 1:
                 raise InputError(f"{where}: attribute {key!r} must be a positive integer, found {attrs.get(key)!r}")
         for key in ("seed", "epoch"):
-            if key in attrs and not (_is_int(attrs[key]) and -(1 << 63) <= attrs[key] < (1 << 63)):
+            if key in attrs and not (is_int(attrs[key]) and -(1 << 63) <= attrs[key] < (1 << 63)):
                 raise InputError(f"{where}: attribute {key!r} must be a 64-bit integer, found {attrs[key]!r}")
         try:
             config = json.loads(attrs.get("config", "{}") or "{}")
@@ -152,7 +168,7 @@ class ActivationHeader:
         if not named or len(names) not in (0, attrs["num_classes"]):
             raise InputError(f"{where}: attribute 'class_names' must list one name per class ({attrs['num_classes']})")
         if shard := str(attrs.get("shard", "") or ""):
-            _check_shard(where, shard, shard_rows, splits)
+            check_shard(where, shard, shard_rows, splits)
         text = {key: str(attrs.get(key, default)) for key, default in
                 (("dataset", ""), ("arch", ""), ("layer", ""), ("source_sha256", ""), ("inputs", "data"), ("shard", ""),
                  ("mitosis_version", ""), ("created_utc", ""))}
@@ -200,21 +216,6 @@ class ActivationSource(Protocol):
     def iter_blocks(self, split: str, rows: int = 4096) -> Iterator[np.ndarray]: ...
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_shard(where: str, shard: str, shard_rows: Mapping[str, Any], splits: Mapping[str, int]) -> None:
-    """A shard's attributes: ``K/N`` with 0 <= K < N, and for each split its rows [start, stop, total]."""
-    k, slash, n = shard.partition("/")
-    if not (slash and k.isdigit() and n.isdigit() and int(k) < int(n)):
-        raise InputError(f"{where}: attribute 'shard' must be K/N with 0 <= K < N, found {shard!r}")
-    for split, rows in splits.items():  # known once the datasets are read
-        if not (isinstance(span := shard_rows.get(split), list) and len(span) == 3 and all(_is_int(v) for v in span)
-                and 0 <= span[0] <= span[1] <= span[2] and span[1] - span[0] == rows):
-            raise InputError(f"{where}: attribute 'shard_rows' needs [start, stop, total] of {split!r} ({rows} rows): {span!r}")
-
-
 # ---------------------------------------------------------------------------------------------------
 # Checks shared by files and arrays
 
@@ -234,24 +235,6 @@ def check_head(source: ActivationSource) -> None:
 def check_logits(source: ActivationSource) -> None:
     if not source.header.has_logits:
         raise InputError(f"{source.name}: has no logits (and no head to compute them): ensembles need them")
-
-
-def check_finite(name: str, key: str, block: np.ndarray) -> None:
-    """Refuse NaN, Inf and magnitudes above `MAX_MAGNITUDE` (before a cast to float32 could turn them into Inf)."""
-    if not block.size:
-        return
-    if not np.isfinite(block).all():
-        raise InputError(f"{name}: /{key} holds NaN or Inf values")
-    largest = float(np.abs(block).max())
-    if largest > MAX_MAGNITUDE:
-        raise InputError(f"{name}: /{key} holds values of magnitude {largest:.3g}; mitosis reads values up to "
-                         f"{MAX_MAGNITUDE:.0e} (float32 sums of their products would overflow)")
-
-
-def check_labels(name: str, split: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(f"{name}: /{split}/labels outside [0, {num_classes})")
-    return labels.astype(np.int64, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------------

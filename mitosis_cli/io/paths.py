@@ -47,6 +47,22 @@ def input_file(path: str | os.PathLike[str], what: str = "a file") -> Path:
     return path
 
 
+def input_folder(path: str | os.PathLike[str], option: str) -> Path:
+    """`path` when it is a folder that can be listed (symbolic links followed), else one line naming it."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"{option} {path}: no such folder") from None
+    except OSError as err:
+        raise InputError(f"{option} {path}: cannot read it ({err.strerror or err})") from None
+    if not stat.S_ISDIR(mode):
+        raise InputError(f"{option} {path}: is {kind_of(mode)}, not a folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise InputError(f"{option} {path}: cannot read it (permission denied)")
+    return path
+
+
 _TEMPORARY_EXTRA = 24  # what a temporary's name adds to its output's: ".NAME.XXXXXXXX.tmp", ".NAME.old-XXXXXXXX"
 
 

@@ -31,6 +31,8 @@ class Progress:
         What the step was, in a few words.
     values : mapping
         Numbers of the step, e.g. a training epoch's losses and errors.
+    unit : str
+        What a step is (``epoch``, ``phase``), for a log line: ``epoch 3/100``.
     """
 
     task: str
@@ -38,6 +40,7 @@ class Progress:
     total: int
     status: str = ""
     values: Mapping[str, float] = field(default_factory=dict)
+    unit: str = ""
 
 
 OnStep = Callable[[Progress], None]

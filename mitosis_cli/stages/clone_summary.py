@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from mitosis_cli.analysis.clone_size import clone_size, fit_clone_growth, fit_excess_error, summarize
+from mitosis_cli.io.activations import network_labels
 from mitosis_cli.io.clone_tables import SUMMARY_SCHEMA, summary_table
 
 NETWORK_KEYS = ("source", "arch", "dataset", "width", "seed", "epoch")
@@ -43,6 +44,12 @@ class NetworkClones:
     n_clones: float
     r2: dict[int, float] = field(default_factory=dict)  # chunk size -> mean R^2 on the main split
     excess_error_c: float | None = None
+    arch: str = ""
+    dataset: str = ""
+    seed: int | None = None
+    epoch: int | None = None
+    label: str = ""  # what the network is, e.g. "mlp-2-batchnorm w512 s0 e100" (io.activations.network_labels)
+    status: str | None = None  # the clone size's validity, from the summary's status column when it has one
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,21 +120,27 @@ def summarize_clones(clones: pa.Table, networks: Sequence[MeasuredNetwork], r2_t
     return summary_table(cols)
 
 
-def networks_from_summary(summary: pa.Table) -> tuple[list[NetworkClones], dict[str, float]]:
-    """Per-network clone facts and the across-network growth fit, read back from a clones-summary table."""
+def networks_from_summary(summary: pa.Table) -> tuple[list[NetworkClones], dict[str, Any]]:
+    """Per-network clone facts (ordered by data set, arch, width, seed; labelled by what each network is)
+    and the across-network growth fit (with its ``growth_status`` when the table records one), read back from a
+    clones-summary table."""
     facts: dict[str, dict[str, Any]] = {}
-    growth: dict[str, float] = {}
+    growth: dict[str, Any] = {}
     for row in summary.to_pylist():
         if row["source"] == "all":
             growth[row["metric"]] = row["mean"]
+            if row.get("status"):
+                growth.setdefault("growth_status", row["status"])
             continue
-        fact = facts.setdefault(row["source"], {"source": row["source"], "width": row["width"], "r2": {}})
+        fact = facts.setdefault(row["source"], {"r2": {}, **{key: row.get(key) for key in NETWORK_KEYS}})
         if row["metric"] == "clone_size":
-            fact.update(clone_size=row["mean"], clone_size_lo=row["lo"], clone_size_hi=row["hi"])
+            fact.update(clone_size=row["mean"], clone_size_lo=row["lo"], clone_size_hi=row["hi"], status=row.get("status"))
         elif row["metric"] == "n_clones":
             fact["n_clones"] = row["mean"]
         elif row["metric"] == "excess_error_c":
             fact["excess_error_c"] = row["mean"]
         elif row["metric"] == "reconstruction_r2" and row["split"] in ("test", "train") and row["chunk_size"] is not None:
             fact["r2"][row["chunk_size"]] = row["mean"]
-    return [NetworkClones(**fact) for fact in facts.values()], growth
+    order = sorted(facts.values(), key=lambda f: (str(f["dataset"] or ""), str(f["arch"] or ""), f["width"], f["seed"] or 0))
+    networks = [NetworkClones(**{**fact, "label": label}) for fact, label in zip(order, network_labels(order), strict=True)]
+    return networks, growth

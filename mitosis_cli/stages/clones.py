@@ -28,7 +28,7 @@ from mitosis_cli.analysis import chunks as chunking
 from mitosis_cli.analysis.information_imbalance import chunk_information_imbalances
 from mitosis_cli.analysis.reconstruction import RIDGE_ALPHA
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import ActivationFile, ActivationSource
+from mitosis_cli.io.activations import ActivationFile, ActivationSource, network_labels
 from mitosis_cli.io.clone_tables import clones_table, read_clones, read_clones_summary, write_clone_tables
 from mitosis_cli.io.ensemble_tables import read_error_inf
 from mitosis_cli.io.stamp import Decision, Stamp
@@ -131,7 +131,7 @@ class CloneTables:
     clones: pa.Table
     summary: pa.Table
     networks: list[NetworkClones]
-    growth: dict[str, float]  # critical_width, clones_per_width_slope (two or more widths)
+    growth: dict[str, Any]  # critical_width, clones_per_width_slope (two or more widths), growth_status
 
 
 @dataclass
@@ -162,7 +162,8 @@ def _labelled_blocks(source: ActivationSource, split: str) -> Any:
         start += len(block)
 
 
-def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, on_step: OnStep) -> tuple[_Rows, MeasuredNetwork]:
+def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, on_step: OnStep,
+                     task: str) -> tuple[_Rows, MeasuredNetwork]:
     """All per-chunk measurements of one network."""
     import torch
 
@@ -177,7 +178,6 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
     identity = {"source": source.name, "arch": header.arch, "dataset": header.dataset, "width": width,
                 "seed": header.seed, "epoch": header.epoch}
     out = _Rows(identity)
-    task = Path(source.name).name
     done = 0
 
     steps = len(header.splits) + 3  # one pass per split, then R^2, the second pass, Information Imbalance
@@ -185,7 +185,7 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
     def step(status: str) -> None:
         nonlocal done
         done += 1
-        on_step(Progress(task, done, steps, status))
+        on_step(Progress(task, done, steps, status, unit="phase"))
 
     scalings = [False, True] if cfg.rescale else [False]
     readouts = {(s, rescaled): tuple(t.to(device) for t in accuracy.head_readouts(weight, bias, acc_chunks[s], rescaled))
@@ -299,8 +299,10 @@ def measure_clones(sources: Sequence[ActivationSource], settings: CloneSettings 
     device = pick_device(settings.device)
     columns: dict[str, list[Any]] = {}
     measured = []
-    for source in sources:
-        rows, network = _measure_network(source, settings, device, on_step)
+    labels = network_labels({"source": s.name, "arch": s.header.arch, "dataset": s.header.dataset, "width": s.header.width,
+                             "seed": s.header.seed, "epoch": s.header.epoch} for s in sources)
+    for source, label in zip(sources, labels, strict=True):
+        rows, network = _measure_network(source, settings, device, on_step, f"clones {label}")
         for key, column in rows.columns.items():
             columns.setdefault(key, []).extend(column)
         measured.append(network)
@@ -317,7 +319,7 @@ class CloneResult:
     outputs: tuple[Path, Path]
     skipped: bool
     networks: list[NetworkClones]
-    growth: dict[str, float]
+    growth: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
         return {"skipped": self.skipped, "outputs": [str(p) for p in self.outputs],

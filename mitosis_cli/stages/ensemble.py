@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from mitosis_cli.analysis import ensembles as ens
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import ActivationFile, ActivationSource
+from mitosis_cli.io.activations import ActivationFile, ActivationSource, check_logits
 from mitosis_cli.io.ensemble_tables import EnsembleRows, read_ensemble_table, write_ensemble_table
 from mitosis_cli.io.stamp import Decision, Stamp
 from mitosis_cli.io.tables import input_records, provenance, table_stamp
@@ -25,6 +25,7 @@ from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress
 from mitosis_cli.stages.checks import MAX_REPEATS, check_float, check_int, check_seed
 from mitosis_cli.stages.transaction import OutputTransaction
 
+ROUGH_ERROR_INF_MEMBERS = 4  # error_inf from fewer members is still far from the infinite-ensemble limit
 # Stream tags keep the random draws of ensembles and of chunks independent of each other and of other options.
 _ENSEMBLE_STREAM, _CHUNK_STREAM = 0, 1
 
@@ -193,6 +194,8 @@ def check_members(sources: Sequence[ActivationSource], settings: EnsembleSetting
     if len(sources) < 2:
         raise InputError(f"an ensemble needs at least 2 activation files (networks trained with different seeds), "
                          f"got {len(sources)}")
+    for source in sources:  # imported features may come without a head and logits: members are their logits
+        check_logits(source)
     widths = [source.header.width for source in sources]
     if max(widths.count(w) for w in set(widths)) < 2:
         raise InputError("every width has a single network: an ensemble needs at least 2 seeds of one width",
@@ -252,7 +255,7 @@ def measure_ensemble(sources: Sequence[ActivationSource], settings: EnsembleSett
             error = ens.classification_metrics(log_p, found.labels["test"])["error"]
             rows.add("error-inf", width, len(pool), 0, "test", {"error": error})
         done += 1
-        on_step(Progress("ensemble", done, total, f"width {width}"))
+        on_step(Progress("ensemble", done, total, f"ensembles of width {width} ({len(pool)} networks)", unit="step"))
     if "test" not in found.logits:
         notes.append("error-inf not written: the inputs have no test split")
     for position, member in enumerate(pools[widest]):
@@ -269,7 +272,7 @@ def measure_ensemble(sources: Sequence[ActivationSource], settings: EnsembleSett
                     for count, values in by_count.items():
                         rows.add("chunk-average", chunk, count, position * repeats + draw, split, values)
         done += 1
-        on_step(Progress("ensemble", done, total, f"chunks of {Path(source.name).name}"))
+        on_step(Progress("ensemble", done, total, f"chunks of {source.header.label}", unit="step"))
     return EnsembleTable(rows.to_table(), notes)
 
 
@@ -313,7 +316,25 @@ def summarise_ensemble(table: pa.Table) -> dict[str, Any]:
         internal.append({"chunk_size": chunk, "chunks": count, "one_chunk_error": mean("chunk-average", width=chunk, members=1),
                          "error": mean("chunk-average", width=chunk, members=count),
                          "networks_error": next((e for e in networks_error if e is not None), None)})
-    return {"split": split, "error_inf": mean("error-inf"), "widths": widths, "comparisons": comparisons, "internal": internal}
+    return {"split": split, **_error_inf(cols), "widths": widths, "comparisons": comparisons, "internal": internal}
+
+
+def _error_inf(cols: dict[str, np.ndarray]) -> dict[str, Any]:
+    """error_inf (the test error of the largest ensemble of the widest networks) with what it rests on and its status:
+    ``ok``, ``rough: ...`` (an ensemble of two or three networks) or ``undetermined: ...`` (one network, no test split)."""
+    rows = (cols["kind"] == "error-inf") & (cols["split"] == "test") & (cols["metric"] == "error")
+    if not rows.any():
+        return {"error_inf": None, "error_inf_width": None, "error_inf_members": 0,
+                "error_inf_status": "undetermined: no test split, or no error-inf row in the table"}
+    value, width, members = (float(cols["value"][rows][0]), int(cols["width"][rows][0]), int(cols["members"][rows][0]))
+    if members < 2:
+        status = (f"undetermined: a single network of width {width}, not an ensemble (train more seeds of the widest "
+                  "width)")
+    elif members < ROUGH_ERROR_INF_MEMBERS:
+        status = f"rough: an ensemble of only {members} networks of width {width}"
+    else:
+        status = "ok"
+    return {"error_inf": value, "error_inf_width": width, "error_inf_members": members, "error_inf_status": status}
 
 
 @dataclass(frozen=True)

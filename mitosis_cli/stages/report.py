@@ -94,7 +94,7 @@ def run_report(settings: ReportSettings, on_step: OnStep = no_progress) -> Repor
         def on_figure(name: str) -> None:
             nonlocal done
             done += 1
-            on_step(Progress("report", done, 0, f"figure {name}"))
+            on_step(Progress("report", done, 0, name, unit="figure"))
 
         with staged_folder(out) as folder:
             listed, notes = write_report_files(inputs, folder, settings.title, on_figure)
