@@ -7,7 +7,8 @@ Signals, in the order a command meets them:
   once with `PREEMPTED_EXIT_CODE` (a job array requeues the task) and a SIGINT with 130, each with one line;
 * `stop_on_signals` (while a command runs): SIGTERM raises `Preempted` and SIGINT `KeyboardInterrupt`
   where the program is, so temporaries and locks are removed on the way out; inside
-  `signals_deferred` (an output's files being renamed into place) the signal waits for the block's end;
+  `signals_deferred` (an output's files being renamed into place) the signal waits for the block's end,
+  and while a module is imported it is delivered again every 50 ms until the import is over;
 * `StopFlag` (the training loop): the signal only sets a flag, and the loop saves a checkpoint first.
 """
 
@@ -114,9 +115,27 @@ def _raise_for(signum: int) -> None:
                     "rerun the same command to continue (train: with --resume)")
 
 
-def _raise_or_defer(signum: int, _frame: Any) -> None:
+_RETRY_SECONDS = 0.05
+
+
+def _importing(frame: Any) -> bool:
+    """Whether a module is being imported: its code may run inside a C++ call (torch's c10d set-up) that cannot
+    unwind a Python exception and aborts the process instead (exit 134)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _raise_or_defer(signum: int, frame: Any) -> None:
     if _deferral["depth"]:
         _deferral["pending"] = signum
+        return
+    if _importing(frame):  # delivered again shortly, until the import is over
+        retry = threading.Timer(_RETRY_SECONDS, os.kill, (os.getpid(), signum))
+        retry.daemon = True
+        retry.start()
         return
     _raise_for(signum)
 

@@ -14,6 +14,7 @@ import math
 from mitosis_cli.errors import InputError
 
 INT_LIST_EXAMPLES = "e.g. 16,64,256 or 0-3 or 8-256:x2"
+MAX_LIST_VALUES = 100_000  # far beyond any grid; a range such as 0-10**12 would fill the memory before anything ran
 
 
 def _item(text: str) -> list[int]:
@@ -25,6 +26,9 @@ def _item(text: str) -> list[int]:
     a, b = int(start), int(stop)
     if b < a:
         raise ValueError(f"the range {text} runs backwards")
+    count = (b - a) // max(1, int(step) if colon and step.isdigit() else 1) + 1  # before a list is made of it
+    if count > MAX_LIST_VALUES and not step.startswith("x"):
+        raise ValueError(f"the range {text} holds {count} values; a list holds at most {MAX_LIST_VALUES}")
     if not colon:
         return list(range(a, b + 1))
     if step.startswith("x"):

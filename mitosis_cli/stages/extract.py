@@ -190,8 +190,8 @@ class ExtractSettings(StageSettings):
                 check_float(option, value, above=0 if option == "--std" else None)
         channels = [len(v) if v is not None else 3 for v in (self.mean, self.std)]  # the defaults: ImageNet's 3
         if channels[0] != channels[1]:
-            raise InputError(f"--mean has {channels[0]} values and --std {channels[1]} (the defaults are ImageNet's 3): "
-                             "give as many of each")
+            raise InputError(f"--mean has {channels[0]} value{'s' * (channels[0] != 1)} and --std {channels[1]} (the defaults "
+                             "are ImageNet's 3): give as many of each")
         if self.layer is not None and not self.layer.strip():
             raise InputError("--layer '': name a module of the model (as in model.named_modules())")
         input_file(self.weights, "a weights file (a torch file or .safetensors)")
@@ -260,7 +260,8 @@ def _extract_external(settings: ExtractSettings, device: torch.device, on_step: 
     assert settings.model is not None and settings.weights is not None  # check()
     ref = parse_model_ref(settings.model)
     target = settings.target
-    tx = OutputTransaction(files=(target,), inputs=(settings.weights, *([settings.images] if settings.images else [])))
+    tx = OutputTransaction(files=(target,), inputs=(settings.weights,),
+                           read_folders=(settings.images,) if settings.images is not None else ())
     if settings.images is not None:
         transform = ImageTransform(settings.image_size, settings.resize or default_resize(settings.image_size),
                                    settings.mean or IMAGENET_MEAN, settings.std or IMAGENET_STD)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections import Counter
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -104,23 +105,21 @@ class TrainSettings(StageSettings):
         self.config.resolved()
         check_device(self.device)
         check_threads(self.threads)
+        if len(self.seeds) > MAX_SEEDS:
+            raise InputError(f"--seeds: {len(self.seeds)} seeds; at most {MAX_SEEDS} train together")
+        for seed in self.seeds:
+            check_seed(seed, "--seeds")
+        twice = [seed for seed, count in Counter(self.seeds).items() if count > 1]
+        if twice:
+            raise InputError(f"--seeds lists seed {twice[0]} more than once")
         runs = [self.for_seed(seed) for seed in self.seeds] if self.seeds else [self]
-        if self.seeds:
-            for seed in self.seeds:
-                check_seed(seed, "--seeds")
-            if len(self.seeds) > MAX_SEEDS:
-                raise InputError(f"--seeds: {len(self.seeds)} seeds; at most {MAX_SEEDS} train together")
-            twice = next((seed for seed in self.seeds if self.seeds.count(seed) > 1), None)
-            if twice is not None:
-                raise InputError(f"--seeds lists seed {twice} more than once")
-            _distinct("run directories", [run.out for run in runs])
-        acts = [run.acts for run in runs if run.acts is not None]
-        _distinct("activation files (--acts)", acts)
-        for path in acts:
-            output_path(path, folder=False)
-            clash = next((run.out / name for run in runs for name in RUN_ENTRIES if lies_inside(path, run.out / name)), None)
+        _distinct("run directories", [run.out for run in runs])
+        _distinct("activation files (--acts)", [run.acts for run in runs if run.acts is not None])
+        for run in (run for run in runs if run.acts is not None):
+            output_path(run.acts, folder=False)
+            clash = next((name for name in RUN_ENTRIES if lies_inside(run.acts, run.out / name)), None)
             if clash:
-                raise InputError(f"--acts {path}: is a run's own {clash}", hint="choose another --acts file")
+                raise InputError(f"--acts {run.acts}: is the run's own {run.out / clash}", hint="choose another --acts file")
 
 
 def _distinct(what: str, paths: list[Path]) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mitosis_cli.errors import InputError
 from mitosis_cli.io.atomic import files_together, output_lock
-from mitosis_cli.io.paths import check_apart, output_path
+from mitosis_cli.io.paths import check_apart, lies_inside, output_path
 from mitosis_cli.io.stamp import Decision, Stamp, decide
 
 
@@ -54,6 +54,8 @@ class OutputTransaction:
         Every file (or folder) the stage reads.
     run_entries : tuple of str
         The entries of each folder of `runs` that the stage replaces.
+    read_folders : tuple of Path
+        Input folders read as a whole (an image folder): no output may lie inside one.
     """
 
     files: tuple[Path, ...] = ()
@@ -61,6 +63,7 @@ class OutputTransaction:
     runs: tuple[Path, ...] = ()
     inputs: tuple[Path, ...] = ()
     run_entries: tuple[str, ...] = ()
+    read_folders: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         for path in self.files:
@@ -71,7 +74,11 @@ class OutputTransaction:
             output_path(path, folder=True)
         replaced = [(path, False) for path in self.files] + [(path, True) for path in self.folders]
         replaced += [(run / name, True) for run in self.runs for name in self.run_entries]
-        check_apart(replaced, self.inputs)
+        check_apart(replaced, (*self.inputs, *self.read_folders))
+        inside = next(((out, folder) for out in self.outputs for folder in self.read_folders if lies_inside(out, folder)), None)
+        if inside:
+            raise InputError(f"{inside[0]}: lies inside the input folder {inside[1]}, which is read as a whole",
+                             hint="choose an output outside it (-o)")
 
     @property
     def outputs(self) -> tuple[Path, ...]:

@@ -283,3 +283,44 @@ def planted_acts(path: Path, n: int = 160, width: int = 16, clone_size: int = 4,
                 del f[name]
                 f.create_dataset(name, data=data.astype(dtype))
     return path
+
+
+TINYNET = '''from torch import nn
+
+
+def net(num_classes=2):
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, num_classes))
+'''
+OWN_IMAGES = ["--image-size", "8", "--resize", "8", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """A network mitosis did not train (``module:reliability_tinynet:net``, importable while the session runs) with
+    its weights and an image folder of two classes (10x10 PNGs), and a feature dump (.npz) for `mitosis import`."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("own")
+    (root / "reliability_tinynet.py").write_text(TINYNET)
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("ant", "bee"):
+            (root / "images" / split / name).mkdir(parents=True)
+            for i in range(3):
+                pixels = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / "images" / split / name / f"{i}.png")
+    torch.manual_seed(0)
+    torch.save({"1.weight": torch.randn(16, 192) * 0.1, "1.bias": torch.zeros(16), "3.weight": torch.randn(2, 16),
+                "3.bias": torch.zeros(2)}, root / "w.pt")  # the state dict of reliability_tinynet.net()
+    np.savez(root / "dump.npz", train_features=rng.normal(size=(40, 6)).astype(np.float32),
+             train_labels=rng.integers(0, 3, 40), test_features=rng.normal(size=(20, 6)).astype(np.float32),
+             test_labels=rng.integers(0, 3, 20))
+    sys.path.insert(0, str(root))
+    yield {"root": root, "weights": root / "w.pt", "images": root / "images", "dump": root / "dump.npz"}
+    sys.path.remove(str(root))
+
+
+def own_extract(own: dict[str, Path], *extra: str | os.PathLike[str]) -> list[str]:
+    """argv of `extract --model` of the own network on its image folder."""
+    return ["extract", "--model", "module:reliability_tinynet:net", "--weights", str(own["weights"]), "--images",
+            str(own["images"]), *OWN_IMAGES, *map(str, extra)]

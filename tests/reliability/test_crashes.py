@@ -1,14 +1,17 @@
 """Crashes, hangs and the smaller breaks: never a hang, a segfault or a traceback, one line each time.
 
 * **Inputs that are not regular files** (a FIFO would block the first read forever, a device never ends):
-  through every reader, each case under a watchdog that unblocks a hung read and fails the test.
+  through every reader (`extract --model`'s weights and images and `import`'s dumps included), each case
+  under a watchdog that unblocks a hung read and fails the test.
 * **Writes the system refuses**: the file-size limit (``ulimit -f``, EFBIG) during extract (refused up
   front, and, with that check switched off, failing inside libhdf5 without the segfault it used to
   cause), a training checkpoint and the clones tables; exit 1, one line naming the output and the
   reason, no temporary left.
 * **Signals from the first instant**: SIGTERM at moments across a training run's start-up and its
-  loop exits 75 (never 143), with nothing half-written, and the run resumes; SIGTERM while a table is
-  written removes the temporaries; SIGINT before the work is exit 130 with one line.
+  loop exits 75 (never 143), with nothing half-written, and the run resumes; the same for seeds trained
+  together, where every seed has its checkpoint or none has; SIGTERM while a module is imported waits
+  for the import's end; SIGTERM while a table is written removes the temporaries; SIGINT before the work
+  is exit 130 with one line.
 * **Smaller breaks**: a line break or a control character in a path stays on the one error line;
   MITOSIS_DEBUG=false/0/no/off means no debugging; no folder is made for an output when the input is
   bad; library warnings do not surround the error line (they show with --debug).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import stat
 import subprocess
@@ -36,6 +40,7 @@ from mitosis_cli.io.tables import read_table
 from .conftest import (
     FAULTINJECT_PATH,
     MITOSIS,
+    REPO,
     TINY_CLONES,
     TINY_DATA,
     TINY_ENSEMBLE,
@@ -44,6 +49,7 @@ from .conftest import (
     RunCli,
     assert_clean_failure,
     child_env,
+    own_extract,
     planted_acts,
     record,
     snapshot,
@@ -52,7 +58,7 @@ from .conftest import (
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def made(tmp_path_factory: pytest.TempPathFactory, own: dict[str, Path]) -> dict[str, Path]:
     from mitosis_cli.cli.app import main
 
     root = tmp_path_factory.mktemp("made")
@@ -61,7 +67,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     acts = [planted_acts(root / f"p{s}.h5", seed=s) for s in range(2)]
     assert main(["ensemble", *map(str, acts), *TINY_ENSEMBLE, "-o", str(root / "e.parquet")]) == 0
     assert main(["extract", str(run), "--shard", "0/2", "--quiet", "-o", str(root / "part0.h5")]) == 0
-    return {"run": run, "p0": acts[0], "p1": acts[1], "ensemble": root / "e.parquet", "part0": root / "part0.h5"}
+    return {**own, "run": run, "p0": acts[0], "p1": acts[1], "ensemble": root / "e.parquet", "part0": root / "part0.h5"}
 
 
 # --------------------------------------------------------------------------------- not regular files
@@ -77,6 +83,11 @@ def _run_with_fifo_checkpoint(made: dict[str, Path], tmp: Path) -> tuple[list[st
     run.mkdir()
     _fifo(run / "checkpoint.pt")
     return ["train", *TINY_TRAIN, "--resume", "-o", str(run)], run / "checkpoint.pt"
+
+
+def _images_with_fifo(made: dict[str, Path], tmp: Path) -> tuple[list[str], Path]:
+    images = shutil.copytree(made["images"], tmp / "images")
+    return own_extract({**made, "images": images}, "-o", tmp / "a.h5"), _fifo(images / "test" / "ant" / "9.png")
 
 
 # (what, (made, tmp) -> (argv, the path the error names), the word it holds)
@@ -102,6 +113,16 @@ NOT_REGULAR: list[tuple[str, Callable[[dict[str, Path], Path], tuple[list[str], 
      "character device"),
     ("ensemble: a directory member", lambda m, t: (["ensemble", str(m["p0"]), str(t), *TINY_ENSEMBLE, "-o",
                                                                 str(t / "e.parquet")], t), "directory"),
+    ("extract --model: FIFO weights", lambda m, t: (own_extract({**m, "weights": _fifo(t / "w.pt")}, "-o", t / "a.h5"),
+                                                    t / "w.pt"), "FIFO"),
+    ("extract --model: a directory as weights", lambda m, t: (own_extract({**m, "weights": t}, "-o", t / "a.h5"), t),
+     "directory"),
+    ("extract --model: a FIFO among the images", _images_with_fifo, "FIFO"),
+    ("extract --model: a file as the image folder", lambda m, t: (own_extract({**m, "images": m["weights"]}, "-o", t / "a.h5"),
+                                                                  m["weights"]), "not a folder"),
+    ("import: a FIFO dump", lambda m, t: (["import", str(_fifo(t / "d.npz")), "-o", str(t / "a.h5")], t / "d.npz"), "FIFO"),
+    ("import: /dev/zero", lambda m, t: (["import", "/dev/zero", "-o", str(t / "a.h5")], Path("/dev/zero")),
+     "character device"),
 ]
 
 
@@ -167,6 +188,15 @@ def test_file_size_limit_at_a_checkpoint_names_it(tmp_path: Path) -> None:
     result = _child([str(MITOSIS), "train", *TINY_TRAIN, "-o", str(run)], 8 * 1024)  # config.json fits, the checkpoint not
     assert_clean_failure(result, run / "checkpoint.pt", code=1, problem="File too large")
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
+    record("crashes.refused_writes")
+
+
+def test_file_size_limit_on_import_keeps_the_earlier_file(tmp_path: Path, made: dict[str, Path]) -> None:
+    out = tmp_path / "a.h5"
+    out.write_bytes(b"an earlier output")
+    result = _child([str(MITOSIS), "import", str(made["dump"]), "--quiet", "--force", "-o", str(out)], 16 * 1024)
+    assert_clean_failure(result, out, code=1, problem="File too large")
+    assert _left(tmp_path) == ["a.h5"] and out.read_bytes() == b"an earlier output"
     record("crashes.refused_writes")
 
 
@@ -238,6 +268,52 @@ def test_sigterm_during_training_saves_a_checkpoint_and_the_run_resumes(tmp_path
     record("crashes.sigterm")
 
 
+LONG_SEEDS = [*LONG_TRAIN, "--epochs", "600", "--seeds", "0-2"]
+SEEDS_SIGTERM_DELAYS = [0.3, 1.5]  # seconds after the start: imports, data and the stacked model's set-up
+
+
+def _check_seed_runs(out: Path, seeds: range) -> list[dict[str, object] | None]:
+    """Every seed's run is complete where it exists; the checkpoints of the seeds (None where there is none)."""
+    for seed in seeds:
+        _check_run(out.with_name(f"{out.name}-s{seed}"))
+    return [load_checkpoint(p) if (p := out.with_name(f"{out.name}-s{seed}") / "checkpoint.pt").exists() else None
+            for seed in seeds]
+
+
+@pytest.mark.parametrize("delay", SEEDS_SIGTERM_DELAYS)
+def test_sigterm_with_seeds_exits_75_with_every_seeds_checkpoint_or_none(tmp_path: Path, delay: float) -> None:
+    out = tmp_path / "run"
+    proc = _start([*LONG_SEEDS, "-o", str(out)])
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, f"exit {proc.returncode}: {err}"
+    assert "Traceback" not in err
+    checkpoints = _check_seed_runs(out, range(3))
+    assert all(c is None for c in checkpoints) or len({(c["epoch"], c["step_in_epoch"]) for c in checkpoints}) == 1
+    record("crashes.sigterm")
+
+
+def test_sigterm_with_seeds_saves_every_seeds_checkpoint_and_they_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _start([*LONG_SEEDS, "-o", str(out)])
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run-s2" / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err
+    assert "checkpoints saved in 3 run folders" in err and "--resume" in err
+    checkpoints = _check_seed_runs(out, range(3))
+    assert all(c is not None and not c["finished"] for c in checkpoints)
+    assert len({(c["epoch"], c["step_in_epoch"]) for c in checkpoints}) == 1  # one stack, one point
+    proc = _start([*LONG_SEEDS, "--resume", "-o", str(out)])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert all(c["finished"] for c in _check_seed_runs(out, range(3)))
+    record("crashes.sigterm")
+
+
 def test_sigterm_while_a_table_is_written_leaves_no_temporary(tmp_path: Path, made: dict[str, Path]) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -252,6 +328,37 @@ def test_sigterm_while_a_table_is_written_leaves_no_temporary(tmp_path: Path, ma
     assert proc.returncode == 75, err
     assert list(out.rglob("*")) in ([], [out / "c"])  # no table, temporary or lock; at most the empty folder
     assert not (out / "c").exists() or _left(out / "c") == []
+    record("crashes.sigterm")
+
+
+SLOW_MODULE = """import os, signal, time
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.3)  # the signal arrives while this module is being imported
+print("imported", flush=True)
+"""
+IMPORTER = """import sys, time
+from mitosis_cli.errors import PREEMPTED_EXIT_CODE, Preempted
+from mitosis_cli.runtime import stop_on_signals
+with stop_on_signals():
+    try:
+        import slow_module
+        time.sleep(30)
+    except Preempted:
+        print("preempted", flush=True)
+        sys.exit(PREEMPTED_EXIT_CODE)
+"""
+
+
+def test_sigterm_while_a_module_is_imported_waits_for_the_import(tmp_path: Path) -> None:
+    """A module's code can run inside a C++ call (torch's c10d set-up at import) that cannot unwind a Python
+    exception: raised there, `Preempted` aborted the process (exit 134). The signal now comes back once the
+    import is over."""
+    (tmp_path / "slow_module.py").write_text(SLOW_MODULE)
+    (tmp_path / "importer.py").write_text(IMPORTER)
+    proc = subprocess.run([sys.executable, str(tmp_path / "importer.py")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env=child_env(PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)])))
+    assert proc.returncode == 75, proc.stderr
+    assert proc.stdout.split() == ["imported", "preempted"], proc.stdout
     record("crashes.sigterm")
 
 

@@ -4,9 +4,12 @@ together, and two writers of one output never both win.
 * **--force replaces only a complete result**: `train --force` over a run that then fails (a data set that
   cannot load, an out-of-range --train-size, an error mid-training, a full disk at a later checkpoint, a
   SIGTERM) leaves the previous run byte for byte; when it succeeds, the run's own files are replaced
-  and every other file in the folder is kept.
+  and every other file in the folder is kept. The same for `train --seeds --force`, every seed's run, and
+  for `extract --model` and `import` over an earlier file (an image that does not decode, NaN or a bad
+  CRC in a dump, found while streaming).
 * **An output is never an input**: the same path, a symbolic link or a hard link to an input, a report
-  folder holding one of its tables, through every stage that writes, with and without --force.
+  folder holding one of its tables, an output inside an image folder, through every stage that writes,
+  with and without --force.
 * **The wrong kind of output path** (a directory where a file goes and the reverse, a device, a FIFO)
   is refused before any work.
 * **The two clones tables appear together**: a write that fails (full disk on either table, a failing
@@ -25,10 +28,12 @@ import signal
 import stat
 import subprocess
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,6 +52,7 @@ from .conftest import (
     assert_same_state,
     assert_same_table,
     child_env,
+    own_extract,
     planted_acts,
     record,
     snapshot,
@@ -57,13 +63,16 @@ from .conftest import (
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A finished run, its activations and two shards, three planted activation files, their tables."""
+def made(tmp_path_factory: pytest.TempPathFactory, own: dict[str, Path]) -> dict[str, Path]:
+    """A finished run, two seeds trained together, its activations and two shards, three planted activation files,
+    their tables; the own network's inputs and the import of its dump."""
     from mitosis_cli.cli.app import main
 
     root = tmp_path_factory.mktemp("made")
     run = root / "run"
     assert main(["train", *TINY_TRAIN, "-o", str(run)]) == 0
+    assert main(["train", *TINY_TRAIN, "--seeds", "0-1", "-o", str(root / "seeds")]) == 0
+    assert main(["import", str(own["dump"]), "--quiet", "-o", str(root / "dump.h5")]) == 0
     assert main(["extract", str(run), "-o", str(root / "acts.h5"), "--threads", "1", "--quiet"]) == 0
     for k in range(2):
         assert main(["extract", str(run), "--shard", f"{k}/2", "-o", str(root / f"part{k}.h5"), "--threads", "1",
@@ -71,8 +80,9 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     acts = [planted_acts(root / f"p{s}.h5", seed=s) for s in range(3)]
     assert main(["clones", str(acts[0]), *TINY_CLONES, "-o", str(root / "clones")]) == 0
     assert main(["ensemble", *map(str, acts), *TINY_ENSEMBLE, "-o", str(root / "ensemble.parquet")]) == 0
-    return {"root": root, "run": run, "acts": root / "acts.h5", "part0": root / "part0.h5", "part1": root / "part1.h5",
-            "p0": acts[0], "p1": acts[1], "p2": acts[2], "clones": root / "clones", "ensemble": root / "ensemble.parquet"}
+    return {**own, "root": root, "run": run, "acts": root / "acts.h5", "part0": root / "part0.h5", "part1": root / "part1.h5",
+            "p0": acts[0], "p1": acts[1], "p2": acts[2], "clones": root / "clones", "ensemble": root / "ensemble.parquet",
+            "seeds": root / "seeds", "imported": root / "dump.h5"}
 
 
 def _copy_run(made: dict[str, Path], where: Path) -> Path:
@@ -169,6 +179,123 @@ def test_force_success_replaces_the_runs_files_and_keeps_the_others(tmp_path: Pa
     record("transaction.force_replaced")
 
 
+def _copy_seed_runs(made: dict[str, Path], where: Path) -> Path:
+    """Copies of the two seeds' runs as WHERE/runs-s0 and WHERE/runs-s1; returns WHERE/runs (their -o)."""
+    for seed in (0, 1):
+        shutil.copytree(made["root"] / f"seeds-s{seed}", where / f"runs-s{seed}")
+        (where / f"runs-s{seed}" / "notes.txt").write_text("the user's own file")
+    return where / "runs"
+
+
+def _fail_at_seeds_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, action: Callable[[], None]) -> None:
+    """Run `action` when the seeds trained together write their histories of `epoch`."""
+    import mitosis_cli.training.batched as batched
+
+    real = batched._write_history
+
+    def write_history(run_dir: Path, cfg: object, history: list[dict[str, float]], *args: object) -> None:
+        if len(history) == epoch:
+            action()
+        real(run_dir, cfg, history, *args)
+
+    monkeypatch.setattr(batched, "_write_history", write_history)
+
+
+SEEDS_FORCE_FAILURES: list[tuple[str, list[str], int, str, Callable[[pytest.MonkeyPatch], None] | None]] = [
+    ("a data set that does not exist", ["--dataset", "no-such-set"], 2, "no-such-set", None),
+    ("a seed beyond 64 bits", ["--seeds", f"0,{1 << 64}"], 2, "--seeds", None),
+    ("an error in the middle of training", [], 1, "RuntimeError",
+     lambda mp: _fail_at_seeds_epoch(mp, 2, _raise(RuntimeError("simulated failure")))),
+    ("a full disk at a later checkpoint", [], 1, "runs-s0/checkpoint.pt: No space left on device", lambda mp: _fail_save(mp, 3)),
+    ("SIGTERM during training", [], 75, "still hold the previous run",
+     lambda mp: _fail_at_seeds_epoch(mp, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))),
+]
+
+
+@pytest.mark.parametrize("name, argv, code, problem, inject", SEEDS_FORCE_FAILURES, ids=[c[0] for c in SEEDS_FORCE_FAILURES])
+def test_force_with_seeds_replaces_every_run_only_once_the_new_ones_are_complete(
+        tmp_path: Path, cli: RunCli, made: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        name: str, argv: list[str], code: int, problem: str, inject: Callable[[pytest.MonkeyPatch], None] | None) -> None:
+    runs = _copy_seed_runs(made, tmp_path)
+    before = snapshot(tmp_path)
+    if inject is not None:
+        inject(monkeypatch)
+    result = cli("train", *TINY_TRAIN, "--momentum", "0.5", "--seeds", "0-1", *argv, "--force", "-o", runs)
+    assert result.code == code, result.err
+    assert "Traceback" not in result.err and problem in result.err, result.err
+    assert snapshot(tmp_path) == before  # both old runs byte for byte, no staging folder left
+    record("transaction.force_kept_old_run")
+
+
+def test_force_with_seeds_replaces_each_runs_files_and_keeps_the_others(tmp_path: Path, cli: RunCli,
+                                                                        made: dict[str, Path]) -> None:
+    runs = _copy_seed_runs(made, tmp_path)
+    assert cli("train", *TINY_TRAIN, "--momentum", "0.5", "--seeds", "0-1", "--force", "-o", runs).code == 0
+    for seed in (0, 1):
+        run = tmp_path / f"runs-s{seed}"
+        assert load_checkpoint(run / "checkpoint.pt")["finished"] and '"momentum": 0.5' in (run / "config.json").read_text()
+        assert (run / "notes.txt").read_text() == "the user's own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs-s0", "runs-s1"]  # no staging folder left beside them
+    record("transaction.force_replaced")
+
+
+def _undecodable(made: dict[str, Path], tmp: Path, cli: RunCli) -> tuple[list[str], Path]:
+    """extract --model of a copy of the image folder, then again (--force) after an image is made undecodable."""
+    images = tmp / "images"
+    shutil.copytree(made["images"], images)
+    argv = own_extract({**made, "images": images}, "-o", tmp / "a.h5")
+    assert cli(*argv).code == 0
+    (images / "test" / "bee" / "1.png").write_bytes(b"not an image at all")
+    return [*argv, "--force"], images / "test" / "bee" / "1.png"
+
+
+def _dump_rewrite(make: Callable[[Path], Path]) -> Callable[[dict[str, Path], Path, RunCli], tuple[list[str], Path]]:
+    """import of the good dump, then --force from a dump `make` writes (its fault found while streaming)."""
+    def cases(made: dict[str, Path], tmp: Path, cli: RunCli) -> tuple[list[str], Path]:
+        assert cli("import", made["dump"], "--quiet", "-o", tmp / "a.h5").code == 0
+        bad = make(tmp)
+        return ["import", str(bad), "--quiet", "--force", "-o", str(tmp / "a.h5")], bad
+    return cases
+
+
+def _nan_dump(tmp: Path) -> Path:
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(40, 6)).astype(np.float32)
+    features[37, 2] = np.nan
+    np.savez(tmp / "nan.npz", train_features=features, train_labels=rng.integers(0, 3, 40))
+    return tmp / "nan.npz"
+
+
+def _bad_crc_dump(tmp: Path) -> Path:
+    rng = np.random.default_rng(2)
+    np.savez(tmp / "crc.npz", train_features=rng.normal(size=(200, 6)).astype(np.float32), train_labels=rng.integers(0, 3, 200))
+    data = bytearray((tmp / "crc.npz").read_bytes())
+    with zipfile.ZipFile(tmp / "crc.npz") as archive:
+        info = archive.getinfo("train_features.npy")
+    start = info.header_offset + 30 + len(info.filename) + 400  # inside the member's data, past its .npy header
+    data[start : start + 64] = bytes(b ^ 0x5A for b in data[start : start + 64])
+    (tmp / "crc.npz").write_bytes(bytes(data))
+    return tmp / "crc.npz"
+
+
+REWRITE_FAILURES = [
+    ("extract --model: an image that does not decode", _undecodable, "not a readable image"),
+    ("import: NaN in the features", _dump_rewrite(_nan_dump), "NaN"),
+    ("import: a member with a bad CRC", _dump_rewrite(_bad_crc_dump), "Bad CRC-32"),
+]
+
+
+@pytest.mark.parametrize("name, make, problem", REWRITE_FAILURES, ids=[c[0] for c in REWRITE_FAILURES])
+def test_a_failed_rewrite_keeps_the_earlier_activation_file(
+        tmp_path: Path, cli: RunCli, made: dict[str, Path], name: str,
+        make: Callable[[dict[str, Path], Path, RunCli], tuple[list[str], Path]], problem: str) -> None:
+    again, named = make(made, tmp_path, cli)
+    before = snapshot(tmp_path)
+    assert_clean_failure(cli(*again), named, problem=problem)
+    assert snapshot(tmp_path) == before  # the earlier file byte for byte, no temporary or lock left
+    record("transaction.rewrite_kept")
+
+
 def test_full_disk_at_a_later_checkpoint_names_it_and_the_run_resumes(
         tmp_path: Path, cli: RunCli, made: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Not --force: the checkpoint of epoch 2 is intact, the failed save of epoch 3 named, and --resume finishes
@@ -258,7 +385,32 @@ CLASHES = [
           str(t / "run" / "checkpoint.pt")], lambda m, t: t / "run" / "checkpoint.pt"),
     Clash("sweep: --slurm onto its own grid file", lambda m, t: ["sweep", "--grid", str(_grid_file(t)), "--slurm",
           str(t / "grid.json"), "-o", str(t / "s")], lambda m, t: t / "grid.json"),
+    Clash("train --seeds: --acts onto a seed's checkpoint", lambda m, t: ["train", *TINY_TRAIN, "--seeds", "0-1", "-o",
+          str(t / "r"), "--acts", str(t / "r-s{seed}" / "checkpoint.pt")], lambda m, t: t / "r-s0" / "checkpoint.pt"),
+    Clash("extract --model: -o its weights file", lambda m, t: own_extract({**m, "weights": shutil.copy(m["weights"], t)},
+          "--force", "-o", t / "w.pt"), lambda m, t: t / "w.pt"),
+    Clash("extract --model: -o a hard link of its weights", lambda m, t: own_extract(
+          {**m, "weights": shutil.copy(m["weights"], t)}, "--force", "-o", _hard_link(t / "w.pt", t / "a.h5")),
+          lambda m, t: t / "a.h5"),
+    Clash("extract --model: -o inside its image folder", lambda m, t: own_extract(
+          {**m, "images": shutil.copytree(m["images"], t / "images")}, "-o", t / "images" / "train" / "ant" / "a.h5"),
+          lambda m, t: t / "images" / "train" / "ant" / "a.h5"),
+    Clash("import: -o the dump itself", lambda m, t: ["import", str(shutil.copy(m["dump"], t)), "--force", "-o",
+          str(t / "dump.npz")], lambda m, t: t / "dump.npz"),
+    Clash("import: -o a symbolic link to the dump", lambda m, t: ["import", str(shutil.copy(m["dump"], t)), "--force", "-o",
+          str(_symlink(t / "dump.npz", t / "a.h5"))], lambda m, t: t / "a.h5"),
+    Clash("import: -o one of a folder's KEY.npy files", lambda m, t: ["import", str(_npy_folder(m, t)), "--force", "-o",
+          str(t / "f" / "train_labels.npy")], lambda m, t: t / "f" / "train_labels.npy"),
 ]
+
+
+def _npy_folder(made: dict[str, Path], tmp: Path) -> Path:
+    """The dump's arrays as KEY.npy files in TMP/f."""
+    (tmp / "f").mkdir()
+    with np.load(made["dump"]) as arrays:
+        for key in arrays.files:
+            np.save(tmp / "f" / f"{key}.npy", arrays[key])
+    return tmp / "f"
 
 
 def _grid_file(tmp: Path) -> Path:
@@ -304,6 +456,13 @@ KINDS: list[tuple[str, Callable[[dict[str, Path], Path], tuple[list[str], Path]]
                                                                      "-o", str(t / ("e" * 240))], t / ("e" * 240))),
     ("clones -o a folder name too long", lambda m, t: (["clones", str(m["p0"]), *TINY_CLONES, "-o", str(t / ("c" * 250))],
                                                        t / ("c" * 250))),
+    ("train --seeds: a directory where a seed's checkpoint goes", lambda m, t: (
+        ["train", *TINY_TRAIN, "--seeds", "0-1", "-o", str(t / "r")], _mkdir(t / "r-s1" / "checkpoint.pt"))),
+    ("train --seeds: a file where a seed's run goes", lambda m, t: (
+        ["train", *TINY_TRAIN, "--seeds", "0-2", "-o", str(t / "r")], _touch(t / "r-s2"))),
+    ("extract --model -o a FIFO", lambda m, t: (own_extract(m, "--force", "-o", _fifo(t / "a.h5")), t / "a.h5")),
+    ("import -o an existing directory", lambda m, t: (["import", str(m["dump"]), "--force", "-o", str(_mkdir(t / "a.h5"))],
+                                                       t / "a.h5")),
 ]
 
 
@@ -335,12 +494,17 @@ def test_an_output_path_of_the_wrong_kind_is_refused_before_any_work(
         name: str, make: Callable[[dict[str, Path], Path], tuple[list[str], Path]]) -> None:
     import mitosis_cli.stages.clones as clones_stage
     import mitosis_cli.stages.ensemble as ensemble_stage
+    import mitosis_cli.stages.importing as importing_stage
+    import mitosis_cli.training.batched as batched
+    import mitosis_cli.training.external as external
     import mitosis_cli.training.loop as loop
 
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("the stage started its work before refusing its output path")
 
-    for module, function in ((clones_stage, "measure_clones"), (ensemble_stage, "measure_ensemble"), (loop, "_train")):
+    for module, function in ((clones_stage, "measure_clones"), (ensemble_stage, "measure_ensemble"), (loop, "_train"),
+                             (batched, "_train_seeds"), (external, "load_external_model"),
+                             (importing_stage, "write_activations")):
         monkeypatch.setattr(module, function, no_work)
     argv, named = make(made, tmp_path)
     before = snapshot(tmp_path)
@@ -541,6 +705,12 @@ def _same_report(made: dict[str, Path], out: Path) -> None:
     assert listed and all((out / "r" / f["png"]).is_file() for f in listed)
 
 
+def _same_seed_runs(made: dict[str, Path], out: Path) -> None:
+    for seed in (0, 1):
+        assert_same_state(torch.load(out / f"run-s{seed}" / "checkpoint.pt", weights_only=True)["model"],
+                          torch.load(made["root"] / f"seeds-s{seed}" / "checkpoint.pt", weights_only=True)["model"], "model")
+
+
 def _sweep_done(made: dict[str, Path], out: Path) -> None:
     assert load_checkpoint(out / "s" / TINY_DATA / "w8-s0" / "checkpoint.pt")["finished"]
 
@@ -558,6 +728,9 @@ WRITERS = [
                                      str(o / "e.parquet")], lambda m, o: assert_same_table(m["ensemble"], o / "e.parquet")),
     Writer("report", lambda m, o: ["report", str(m["ensemble"]), "--quiet", "-o", str(o / "r")], _same_report),
     Writer("sweep", lambda m, o: [*SWEEP, "-o", str(o / "s")], _sweep_done),
+    Writer("train --seeds", lambda m, o: ["train", *TINY_TRAIN, "--seeds", "0-1", "-o", str(o / "run")], _same_seed_runs),
+    Writer("import", lambda m, o: ["import", str(m["dump"]), "--quiet", "-o", str(o / "a.h5")],
+           lambda m, o: assert_same_h5(m["imported"], o / "a.h5", ignore=("created_utc",))),
 ]
 
 

@@ -1,11 +1,13 @@
 """The validation layer: every option has a range and every field of every file a type, checked before any
 work, so bad input is exit 2 with one line naming the option or the file and field, and nothing written.
 
-* Options out of range, through every stage (and through a sweep, which checks every step before its first).
+* Options out of range, through every stage (and through a sweep, which checks every step before its first),
+  `train --seeds`, `extract --model` and `import` included.
 * Checkpoint fields of the wrong type or missing, through `train --resume` and `extract`.
 * Activation-file attributes and values: shard attributes without their row counts, attributes of the
   wrong type or beyond 64 bits, values beyond the magnitude float32 arithmetic can hold.
 * Table columns of the wrong type, through `report` and `clones --ensemble`.
+* Feature dumps whose arrays do not fit together (`import`), image folders of the wrong layout (`extract --model`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .conftest import (
     TINY_TRAIN,
     RunCli,
     assert_clean_failure,
+    own_extract,
     planted_acts,
     record,
     snapshot,
@@ -84,18 +87,42 @@ OPTION_CASES: list[tuple[str, list[str], str]] = [
     ("extract", ["--device", "cuda:x"], "--device"),
     ("sweep", ["--train-arg=--momentum=-1"], "--momentum"),
     ("sweep", ["--clones-arg=--seed=-1"], "--seed"),
+    ("train", ["--seeds", "0-10000000000000"], "--seeds"),
+    ("train", ["--seeds", f"0,{BIG}"], "--seeds"),
+    ("train", ["--seeds", "-1,0"], "--seeds"),
+    ("train", ["--seeds", "0-5000"], "--seeds"),
+    ("train", ["--seeds", "0-1", "-o", "OUT/x/{seed}/../run"], "--seeds"),
+    ("train", ["--seeds", "0-1", "--acts", "OUT/a/{seed}/../acts.h5"], "--seeds"),
+    ("extract --model", ["--num-classes", "0"], "--num-classes"),
+    ("extract --model", ["--num-classes", BIG], "--num-classes"),
+    ("extract --model", ["--image-size", "0"], "--image-size"),
+    ("extract --model", ["--image-size", "100000"], "--image-size"),
+    ("extract --model", ["--resize", "4"], "--resize"),
+    ("extract --model", ["--mean", "0.5,0.5"], "--mean"),
+    ("extract --model", ["--mean", "0.5"], "--mean"),
+    ("extract --model", ["--std", "0.2,0,0.2"], "--std"),
+    ("extract --model", ["--std", "inf,1,1"], "--std"),
+    ("extract --model", ["--batch-size", "0"], "--batch-size"),
+    ("extract --model", ["--batch-size", BIG], "--batch-size"),
+    ("extract --model", ["--workers", "-1"], "--workers"),
+    ("extract --model", ["--seed", "-1"], "--seed"),
+    ("extract --model", ["--layer", ""], "--layer"),
+    ("extract --model", ["--layer", "9"], "--layer"),
+    ("import", ["--num-classes", "0"], "--num-classes"),
+    ("import", ["--num-classes", BIG], "--num-classes"),
+    ("import", ["--seed", "-5"], "--seed"),
 ]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(tmp_path_factory: pytest.TempPathFactory, own: dict[str, Path]) -> dict[str, Path]:
     from mitosis_cli.cli.app import main
 
     root = tmp_path_factory.mktemp("inputs")
     run = root / "run"
     assert main(["train", *TINY_TRAIN, "-o", str(run)]) == 0
     acts = [planted_acts(root / f"a{s}.h5", seed=s) for s in range(2)]
-    return {"run": run, "a0": acts[0], "a1": acts[1], "root": root}
+    return {**own, "run": run, "a0": acts[0], "a1": acts[1], "root": root}
 
 
 def _argv(stage: str, files: dict[str, Path], out: Path) -> list[str]:
@@ -107,6 +134,10 @@ def _argv(stage: str, files: dict[str, Path], out: Path) -> list[str]:
         return ["ensemble", str(files["a0"]), str(files["a1"]), *TINY_ENSEMBLE, "-o", str(out / "e.parquet")]
     if stage == "extract":
         return ["extract", str(files["run"]), "--quiet", "-o", str(out / "a.h5")]
+    if stage == "extract --model":
+        return own_extract(files, "-o", out / "a.h5")
+    if stage == "import":
+        return ["import", str(files["dump"]), "--quiet", "-o", str(out / "a.h5")]
     return ["sweep", "--dataset", TINY_DATA, "--widths", "8", "--seeds", "0,1", "--epochs", "1", "--quiet", "-o", str(out / "s")]
 
 
@@ -114,6 +145,7 @@ def _argv(stage: str, files: dict[str, Path], out: Path) -> list[str]:
 def test_an_option_out_of_range_is_one_line_before_any_work(
         tmp_path: Path, cli: RunCli, files: dict[str, Path], stage: str, extra: list[str], option: str) -> None:
     before = snapshot(tmp_path)
+    extra = [word.replace("OUT", str(tmp_path)) for word in extra]  # an output below this test's folder
     assert_clean_failure(cli(*_argv(stage, files, tmp_path), *extra), option)
     assert snapshot(tmp_path) == before and not any(tmp_path.iterdir())  # not even a folder was made
     record("validation.options")
@@ -273,6 +305,111 @@ def test_huge_logits_are_refused_by_ensemble(tmp_path: Path, cli: RunCli, files:
 
 
 # ---------------------------------------------------------------------------------------------- tables
+
+
+# -------------------------------------------------------------------------------- feature dumps, image folders
+
+
+def _dump(**changes: object) -> Callable[[Path], Path]:
+    """A small dump (.npz) with `changes` to its arrays (None: the key left out)."""
+    def make(path: Path) -> Path:
+        rng = np.random.default_rng(0)
+        arrays: dict[str, object] = {"train_features": rng.normal(size=(30, 6)).astype(np.float32),
+                                     "train_labels": rng.integers(0, 3, 30), "head_weight": rng.normal(size=(3, 6)),
+                                     "head_bias": np.zeros(3), "test_features": rng.normal(size=(20, 6)).astype(np.float32),
+                                     "test_labels": rng.integers(0, 3, 20)}
+        arrays.update(changes)
+        np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+        return path
+    return make
+
+
+_BIG_VALUES = np.full((30, 6), 1e20, np.float32)
+# (what, the dump, the word the error line holds)
+DUMP_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
+    ("labels shorter than the features", _dump(train_labels=np.zeros(29, np.int64)), "train_labels"),
+    ("test features of another width", _dump(test_features=np.zeros((20, 5), np.float32)), "test_features"),
+    ("a head of another width", _dump(head_weight=np.zeros((3, 7))), "head_weight"),
+    ("a head bias of another length", _dump(head_bias=np.zeros(4)), "head_bias"),
+    ("a head weight without its bias", _dump(head_bias=None), "head_bias"),
+    ("logits of another number of rows", _dump(head_weight=None, head_bias=None, train_logits=np.zeros((29, 3)),
+                                               test_logits=np.zeros((20, 3))), "train_logits"),
+    ("features in three dimensions", _dump(train_features=np.zeros((30, 2, 3), np.float32)), "train_features"),
+    ("labels as floats", _dump(train_labels=np.zeros(30)), "train_labels"),
+    ("a label beyond the head's classes", _dump(test_labels=np.full(20, 3)), "outside"),
+    ("a label of 2^40 without a head", _dump(head_weight=None, head_bias=None, test_labels=np.full(20, 1 << 40)), "classes"),
+    ("class names of another count", _dump(class_names=np.array(["a", "b"])), "class_names"),
+    ("Python objects (a pickle)", _dump(train_labels=np.array([{"label": 1}] * 30, dtype=object)), "objects"),
+    ("features of magnitude 1e20", _dump(train_features=_BIG_VALUES), "magnitude"),
+]
+
+
+@pytest.mark.parametrize("name, make, problem", DUMP_CASES, ids=[c[0] for c in DUMP_CASES])
+def test_a_feature_dump_whose_arrays_do_not_fit_is_refused_by_import(
+        tmp_path: Path, cli: RunCli, name: str, make: Callable[[Path], Path], problem: str) -> None:
+    bad = make(tmp_path / "bad.npz")
+    before = snapshot(tmp_path)
+    assert_clean_failure(cli("import", bad, "--quiet", "-o", tmp_path / "a.h5"), bad, problem=problem)
+    assert snapshot(tmp_path) == before
+    record("validation.dump_arrays")
+
+
+def _images(files: dict[str, Path], tmp: Path, change: Callable[[Path], Path]) -> tuple[Path, Path]:
+    """A copy of the image folder with `change` made to it; (the folder, the path the error names)."""
+    images = shutil.copytree(files["images"], tmp / "images")
+    return images, change(images)
+
+
+def _renamed(images: Path, split: str, name: str) -> Path:
+    (images / split).rename(images / name)
+    return images
+
+
+def _flat(images: Path) -> Path:
+    """train/ holds the images themselves, without class folders."""
+    for path in (images / "train").rglob("*.png"):
+        path.rename(images / "train" / f"{path.parent.name}-{path.name}")
+    for folder in (images / "train").iterdir():
+        if folder.is_dir():
+            folder.rmdir()
+    return images / "train"
+
+
+def _emptied(images: Path) -> Path:
+    for path in (images / "test").rglob("*.png"):
+        path.unlink()
+    return images / "test"
+
+
+def _broken_link(images: Path) -> Path:
+    (images / "train" / "ant" / "gone.png").symlink_to(images / "nowhere.png")
+    return images / "train" / "ant" / "gone.png"
+
+
+def _third_class(images: Path) -> Path:
+    shutil.copytree(images / "test" / "bee", images / "test" / "cat")
+    return images
+
+
+# (what, the change to the image folder, the word the error line holds)
+IMAGE_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
+    ("neither train/ nor test/", lambda i: _renamed(_renamed(i, "train", "valid"), "test", "holdout"), "no train/ or test/"),
+    ("a split without class folders", _flat, "no class folders"),
+    ("class folders without images", _emptied, "no images"),
+    ("a link to an image that is gone", _broken_link, "cannot read"),
+    ("three classes for a head of two", _third_class, "classes"),
+]
+
+
+@pytest.mark.parametrize("name, change, problem", IMAGE_CASES, ids=[c[0] for c in IMAGE_CASES])
+def test_an_image_folder_of_the_wrong_layout_is_refused_by_extract(
+        tmp_path: Path, cli: RunCli, files: dict[str, Path], name: str, change: Callable[[Path], Path], problem: str) -> None:
+    images, named = _images(files, tmp_path, change)
+    before = snapshot(tmp_path)
+    result = cli(*own_extract({**files, "images": images}, "-o", tmp_path / "a.h5"))
+    assert_clean_failure(result, named if problem != "classes" else "classes", problem=problem)
+    assert snapshot(tmp_path) == before
+    record("validation.image_folders")
 
 
 def _table(path: Path, kind: str, columns: dict[str, pa.Array]) -> Path:

@@ -1,5 +1,6 @@
 """The train stage's `--seeds`: where each seed writes, the command it records, and how the sweep plans it."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,21 @@ def test_seed_and_seeds_exclude_each_other(tmp_path: Path, capsys: pytest.Captur
     assert main(["train", "--seeds", "0,x", "-o", str(tmp_path / "r")]) == 2
     assert "--seeds '0,x'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seeds, out, acts, message", [
+    ((3, 1, 3), "runs/w16", None, "seed 3 more than once"),
+    ((0, -2), "runs/w16", None, "--seeds must be between 0 and"),
+    ((0, 1 << 63), "runs/w16", None, "--seeds must be between 0 and"),
+    (tuple(range(5000)), "runs/w16", None, "at most 4096"),
+    ((0, 1), "runs/{seed}/../w16", None, "run directories are one path"),
+    ((0, 1), "runs/w16", "acts/{seed}/../a.h5", "activation files (--acts) are one path"),
+    ((0, 1), "runs/w16", "runs/w16-s{seed}/checkpoint.pt", "is the run's own"),
+])
+def test_seeds_are_checked_before_any_run(tmp_path: Path, seeds: tuple[int, ...], out: str, acts: str | None,
+                                          message: str) -> None:
+    settings = TrainSettings(config=TrainConfig(dataset="mnist5k", width=16), seeds=seeds, out=tmp_path / out,
+                             acts=None if acts is None else tmp_path / acts)
+    with pytest.raises(InputError, match=re.escape(message)):
+        settings.check()
+    assert not any(tmp_path.iterdir())
