@@ -8,7 +8,8 @@ Signals, in the order a command meets them:
 * `stop_on_signals` (while a command runs): SIGTERM raises `Preempted` and SIGINT `KeyboardInterrupt`
   where the program is, so temporaries and locks are removed on the way out; inside
   `signals_deferred` (an output's files being renamed into place) the signal waits for the block's end,
-  and while a module is imported it is delivered again every 50 ms until the import is over;
+  and while a module is imported it is delivered again every 50 ms until the import is over (a
+  `StopFlag` raises it at once: it came before the work);
 * `StopFlag` (the training loop): the signal only sets a flag, and the loop saves a checkpoint first.
 """
 
@@ -82,7 +83,7 @@ def return_freed_memory_to_os() -> None:
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_deferral = {"depth": 0, "pending": None}
+_deferral: dict[str, Any] = {"depth": 0, "pending": None, "importing": None}
 
 
 def _in_main_thread() -> bool:
@@ -128,16 +129,31 @@ def _importing(frame: Any) -> bool:
     return False
 
 
+def _deliver_again(signum: int) -> None:
+    if _deferral["importing"] == signum:  # not raised meanwhile (`raise_held_signal`)
+        os.kill(os.getpid(), signum)
+
+
 def _raise_or_defer(signum: int, frame: Any) -> None:
     if _deferral["depth"]:
         _deferral["pending"] = signum
         return
     if _importing(frame):  # delivered again shortly, until the import is over
-        retry = threading.Timer(_RETRY_SECONDS, os.kill, (os.getpid(), signum))
+        _deferral["importing"] = signum
+        retry = threading.Timer(_RETRY_SECONDS, _deliver_again, (signum,))
         retry.daemon = True
         retry.start()
         return
+    _deferral["importing"] = None
     _raise_for(signum)
+
+
+def raise_held_signal() -> None:
+    """Raise now a signal held back because it came while a module was imported (before a `StopFlag` would
+    turn it into a checkpoint: it came before the work)."""
+    signum, _deferral["importing"] = _deferral["importing"], None
+    if signum is not None:
+        _raise_for(signum)
 
 
 @contextlib.contextmanager
@@ -186,6 +202,8 @@ class StopFlag:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopFlag]:
+        raise_held_signal()
+
         def handler(signum: int, _frame: Any) -> None:
             self.signal = signum
 
