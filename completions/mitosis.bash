@@ -12,35 +12,53 @@ _mitosis() {
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W '--debug --help --version -h' -- "$cur"))
         else
-            COMPREPLY=($(compgen -W 'clones demo ensemble extract merge report sweep train' -- "$cur"))
+            COMPREPLY=($(compgen -W 'clones demo ensemble extract import merge report sweep train' -- "$cur"))
         fi
         return 0
     fi
     local options='' path_options='' value_options='' positional=none choices=''
     case $sub in
         clones)
-            options='--acc-repeats --device --ensemble --error-inf --force --help --ii-k --ii-points --json --out --quiet --r2-threshold --repeats --rescale --seed --sizes --threads -h -o -q'
+            options='--acc-repeats --device --ensemble --error-inf --force --help --ii-k --ii-points --json --out --progress --quiet --r2-threshold --repeats --rescale --seed --sizes --threads -h -o -q'
             path_options=' --ensemble --out -o '
-            value_options=' --acc-repeats --device --error-inf --ii-k --ii-points --r2-threshold --repeats --seed --sizes --threads '
+            value_options=' --acc-repeats --device --error-inf --ii-k --ii-points --progress --r2-threshold --repeats --seed --sizes --threads '
             positional=files
+            [[ $prev == --device ]] && choices='auto cpu cuda'
+            [[ $prev == --progress ]] && choices='auto bar lines none'
             ;;
         demo)
-            options='--controls --data-dir --device --dry-run --epochs --help --jobs --json --out --preset --quick --quiet --threads -h -j -o -q'
+            options='--controls --data-dir --device --dry-run --epochs --help --jobs --json --out --preset --progress --quick --quiet --threads -h -j -o -q'
             path_options=' --data-dir --out -o '
-            value_options=' --device --epochs --jobs --preset --threads -j '
+            value_options=' --device --epochs --jobs --preset --progress --threads -j '
             positional=none
+            [[ $prev == --preset ]] && choices='wrn28-cifar10 densenet40-cifar10 wrn28-cifar100 densenet40-cifar100'
+            [[ $prev == --device ]] && choices='auto cpu cuda'
+            [[ $prev == --progress ]] && choices='auto bar lines none'
             ;;
         ensemble)
-            options='--chunk-size --combine --force --help --json --members --out --params-per-width --quiet --repeats --seed -h -o -q'
+            options='--chunk-size --combine --force --help --json --members --out --params-per-width --progress --quiet --repeats --seed -h -o -q'
             path_options=' --out -o '
-            value_options=' --chunk-size --combine --members --params-per-width --repeats --seed '
+            value_options=' --chunk-size --combine --members --params-per-width --progress --repeats --seed '
             positional=files
+            [[ $prev == --combine ]] && choices='logits probs'
+            [[ $prev == --progress ]] && choices='auto bar lines none'
             ;;
         extract)
-            options='--data-dir --device --epoch --force --help --json --noise-inputs --out --quiet --shard --split --threads --untrained -h -o -q'
-            path_options=' --data-dir --out -o '
-            value_options=' --device --epoch --shard --split --threads '
+            options='--batch-size --data-dir --dataset --device --epoch --force --help --image-size --images --json --layer --mean --model --no-strict --noise-inputs --num-classes --out --progress --quiet --resize --seed --shard --split --std --strict --threads --untrained --weights --workers -h -o -q'
+            path_options=' --data-dir --images --out --weights -o '
+            value_options=' --batch-size --dataset --device --epoch --image-size --layer --mean --model --num-classes --progress --resize --seed --shard --split --std --threads --workers '
             positional=files
+            [[ $prev == --split ]] && choices='train test'
+            [[ $prev == --dataset ]] && choices='mnist5k synthetic mnist fashion-mnist kmnist cifar10 cifar100'
+            [[ $prev == --device ]] && choices='auto cpu cuda'
+            [[ $prev == --progress ]] && choices='auto bar lines none'
+            ;;
+        import)
+            options='--arch --dataset --force --help --json --num-classes --out --progress --quiet --seed -h -o -q'
+            path_options=' --out -o '
+            value_options=' --arch --dataset --num-classes --progress --seed '
+            positional=files
+            [[ $prev == --progress ]] && choices='auto bar lines none'
             ;;
         merge)
             options='--force --help --json --out --quiet -h -o -q'
@@ -49,22 +67,42 @@ _mitosis() {
             positional=files
             ;;
         report)
-            options='--force --help --json --out --quiet --title -h -o -q'
+            options='--force --help --json --out --progress --quiet --title -h -o -q'
             path_options=' --out -o '
-            value_options=' --title '
+            value_options=' --progress --title '
             positional=files
+            [[ $prev == --progress ]] && choices='auto bar lines none'
             ;;
         sweep)
-            options='--arch --batch-size --clones-arg --dataset --device --ensemble-arg --epochs --grid --help --json --lr --max-epochs --out --phase --print --quiet --report-arg --run --sbatch --seeds --setup --slurm --threads --throttle --train-arg --train-size --until-zero-error --weight-decay --widths -a -d -h -o -q'
-            path_options=' --grid --out --slurm -o '
-            value_options=' --arch --batch-size --clones-arg --dataset --device --ensemble-arg --epochs --lr --max-epochs --phase --report-arg --sbatch --seeds --setup --threads --throttle --train-arg --train-size --weight-decay --widths -a -d '
+            options='--arch --augment --batch-size --clones-arg --data-dir --dataset --depth --device --dry-run --ending --ensemble-arg --epochs --grid --help --json --lr --lr-min --max-epochs --no-augment --optimizer --out --phase --progress --quiet --report-arg --run --sbatch --schedule --seeds --setup --slurm --threads --throttle --train-arg --train-size --until-zero-error --weight-decay --widths -a -d -h -o -q'
+            path_options=' --data-dir --grid --out --slurm -o '
+            value_options=' --arch --batch-size --clones-arg --dataset --depth --device --ending --ensemble-arg --epochs --lr --lr-min --max-epochs --optimizer --phase --progress --report-arg --sbatch --schedule --seeds --setup --threads --throttle --train-arg --train-size --weight-decay --widths -a -d '
             positional=none
+            [[ $prev == -d ]] && choices='mnist5k synthetic mnist fashion-mnist kmnist cifar10 cifar100'
+            [[ $prev == --dataset ]] && choices='mnist5k synthetic mnist fashion-mnist kmnist cifar10 cifar100'
+            [[ $prev == -a ]] && choices='mlp wrn densenet'
+            [[ $prev == --arch ]] && choices='mlp wrn densenet'
+            [[ $prev == --ending ]] && choices='relu batchnorm'
+            [[ $prev == --optimizer ]] && choices='sgd adam'
+            [[ $prev == --schedule ]] && choices='cosine constant'
+            [[ $prev == --phase ]] && choices='all train analysis'
+            [[ $prev == --device ]] && choices='auto cpu cuda'
+            [[ $prev == --progress ]] && choices='auto bar lines none'
             ;;
         train)
-            options='--acts --arch --augment --batch-size --data-dir --dataset --depth --device --download --ending --epochs --force --help --json --label-smoothing --lr --lr-min --max-epochs --momentum --no-augment --optimizer --out --quiet --resume --save-epochs --schedule --seed --threads --train-size --until-zero-error --weight-decay --width -a -d -h -o -q -w'
+            options='--acts --arch --augment --batch-size --data-dir --dataset --depth --device --download --ending --epochs --force --help --json --label-smoothing --lr --lr-min --max-epochs --momentum --no-augment --optimizer --out --progress --quiet --resume --save-epochs --schedule --seed --seeds --threads --train-size --until-zero-error --weight-decay --width -a -d -h -o -q -w'
             path_options=' --acts --data-dir --out -o '
-            value_options=' --arch --batch-size --dataset --depth --device --ending --epochs --label-smoothing --lr --lr-min --max-epochs --momentum --optimizer --save-epochs --schedule --seed --threads --train-size --weight-decay --width -a -d -w '
+            value_options=' --arch --batch-size --dataset --depth --device --ending --epochs --label-smoothing --lr --lr-min --max-epochs --momentum --optimizer --progress --save-epochs --schedule --seed --seeds --threads --train-size --weight-decay --width -a -d -w '
             positional=none
+            [[ $prev == -d ]] && choices='mnist5k synthetic mnist fashion-mnist kmnist cifar10 cifar100'
+            [[ $prev == --dataset ]] && choices='mnist5k synthetic mnist fashion-mnist kmnist cifar10 cifar100'
+            [[ $prev == -a ]] && choices='mlp wrn densenet'
+            [[ $prev == --arch ]] && choices='mlp wrn densenet'
+            [[ $prev == --ending ]] && choices='relu batchnorm'
+            [[ $prev == --optimizer ]] && choices='sgd adam'
+            [[ $prev == --schedule ]] && choices='cosine constant'
+            [[ $prev == --device ]] && choices='auto cpu cuda'
+            [[ $prev == --progress ]] && choices='auto bar lines none'
             ;;
         *) return 0 ;;
     esac

@@ -44,6 +44,8 @@ _API = {
     "run_train": "mitosis_cli.stages.train",
     "ExtractSettings": "mitosis_cli.stages.extract",
     "run_extract": "mitosis_cli.stages.extract",
+    "ImportSettings": "mitosis_cli.stages.importing",
+    "run_import": "mitosis_cli.stages.importing",
     "ReportSettings": "mitosis_cli.stages.report",
     "run_report": "mitosis_cli.stages.report",
     "Grid": "mitosis_cli.stages.sweep",

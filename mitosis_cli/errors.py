@@ -24,8 +24,12 @@ class OutputError(Exception):
     """
 
 
-class Preempted(Exception):
-    """Training stopped by SIGTERM/SIGINT after saving a checkpoint; exit code `PREEMPTED_EXIT_CODE`."""
+class Preempted(BaseException):
+    """Stopped by SIGTERM (training: after saving a checkpoint); exit code `PREEMPTED_EXIT_CODE`.
+
+    A `BaseException`, as `KeyboardInterrupt` is: raised by the signal handler wherever the program is,
+    it must not be swallowed by a library's ``except Exception``.
+    """
 
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a job array can requeue on this code

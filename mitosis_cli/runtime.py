@@ -1,15 +1,28 @@
 """Where and how the work runs: the torch device, CPU threads, memory returned to the system, and stopping
-cleanly on SIGTERM/SIGINT (torch is imported only when asked)."""
+cleanly on SIGTERM/SIGINT from the first instant (torch is imported only when asked).
+
+Signals, in the order a command meets them:
+
+* `stop_before_start` (installed before the heavy imports): nothing is written yet, so a SIGTERM exits at
+  once with `PREEMPTED_EXIT_CODE` (a job array requeues the task) and a SIGINT with 130, each with one line;
+* `stop_on_signals` (while a command runs): SIGTERM raises `Preempted` and SIGINT `KeyboardInterrupt`
+  where the program is, so temporaries and locks are removed on the way out; inside
+  `signals_deferred` (an output's files being renamed into place) the signal waits for the block's end,
+  and while a module is imported it is delivered again every 50 ms until the import is over (a
+  `StopFlag` raises it at once: it came before the work);
+* `StopFlag` (the training loop): the signal only sets a flag, and the loop saves a checkpoint first.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from mitosis_cli.errors import InputError
+from mitosis_cli.errors import PREEMPTED_EXIT_CODE, InputError, Preempted
 
 if TYPE_CHECKING:
     import torch
@@ -71,6 +84,118 @@ def return_freed_memory_to_os() -> None:
         pass
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_deferral: dict[str, Any] = {"depth": 0, "pending": None, "importing": None}
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _exit_now(signum: int, _frame: Any) -> None:
+    """Before the command starts nothing is written: one line and the exit code, without unwinding imports."""
+    code, what = (130, "interrupted") if signum == signal.SIGINT else (PREEMPTED_EXIT_CODE, "stopped by SIGTERM")
+    os.write(2, f"mitosis: {what} before starting; nothing was written\n".encode())
+    os._exit(code)
+
+
+def stop_before_start() -> None:
+    """Exit cleanly on SIGTERM/SIGINT until `stop_on_signals` takes over (call it before importing torch & co.).
+
+    Only where the signals still have their default handling (a program that set its own keeps it).
+    """
+    if not _in_main_thread():
+        return
+    for signum in _STOP_SIGNALS:
+        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+            signal.signal(signum, _exit_now)
+
+
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Preempted(f"stopped by {signal.Signals(signum).name}: no output was left half-written; "
+                    "rerun the same command to continue (train: with --resume)")
+
+
+_RETRY_SECONDS = 0.05
+
+
+def _importing(frame: Any) -> bool:
+    """Whether a module is being imported: its code may run inside a C++ call (torch's c10d set-up) that cannot
+    unwind a Python exception and aborts the process instead (exit 134)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _deliver_again(signum: int) -> None:
+    if _deferral["importing"] == signum:  # not raised meanwhile (`raise_held_signal`)
+        os.kill(os.getpid(), signum)
+
+
+def _raise_or_defer(signum: int, frame: Any) -> None:
+    if _deferral["depth"]:
+        _deferral["pending"] = signum
+        return
+    if _importing(frame):  # delivered again shortly, until the import is over
+        _deferral["importing"] = signum
+        retry = threading.Timer(_RETRY_SECONDS, _deliver_again, (signum,))
+        retry.daemon = True
+        retry.start()
+        return
+    _deferral["importing"] = None
+    _raise_for(signum)
+
+
+def raise_held_signal() -> None:
+    """Raise now a signal held back because it came while a module was imported (before a `StopFlag` would
+    turn it into a checkpoint: it came before the work)."""
+    signum, _deferral["importing"] = _deferral["importing"], None
+    if signum is not None:
+        _raise_for(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While a command runs: SIGTERM raises `Preempted` (exit code 75), SIGINT `KeyboardInterrupt` (130).
+
+    Raised where the program is, so every `with` on the way out removes its temporaries and locks. The
+    previous handlers come back at the end. Outside the main thread (where Python cannot set handlers)
+    nothing changes.
+    """
+    if not _in_main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_or_defer) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT (as `stop_on_signals` handles them) until the block ends: for steps that must
+    not be cut in two, such as renaming the files of one output into place."""
+    _deferral["depth"] += 1
+    try:
+        yield
+    except BaseException:
+        _deferral["depth"] -= 1
+        if not _deferral["depth"]:
+            _deferral["pending"] = None  # the error on its way out ends the command anyway
+        raise
+    _deferral["depth"] -= 1
+    pending = _deferral["pending"]
+    if not _deferral["depth"] and pending is not None:
+        _deferral["pending"] = None
+        _raise_for(pending)
+
+
 class StopFlag:
     """Set by SIGTERM/SIGINT while training, so the loop can save a checkpoint and exit cleanly."""
 
@@ -79,6 +204,8 @@ class StopFlag:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopFlag]:
+        raise_held_signal()
+
         def handler(signum: int, _frame: Any) -> None:
             self.signal = signum
 

@@ -9,9 +9,12 @@ option. Results are sorted and without repeats.
 
 from __future__ import annotations
 
+import math
+
 from mitosis_cli.errors import InputError
 
 INT_LIST_EXAMPLES = "e.g. 16,64,256 or 0-3 or 8-256:x2"
+MAX_LIST_VALUES = 100_000  # far beyond any grid; a range such as 0-10**12 would fill the memory before anything ran
 
 
 def _item(text: str) -> list[int]:
@@ -23,6 +26,9 @@ def _item(text: str) -> list[int]:
     a, b = int(start), int(stop)
     if b < a:
         raise ValueError(f"the range {text} runs backwards")
+    count = (b - a) // max(1, int(step) if colon and step.isdigit() else 1) + 1  # before a list is made of it
+    if count > MAX_LIST_VALUES and not step.startswith("x"):
+        raise ValueError(f"the range {text} holds {count} values; a list holds at most {MAX_LIST_VALUES}")
     if not colon:
         return list(range(a, b + 1))
     if step.startswith("x"):
@@ -91,3 +97,14 @@ def parse_shard(text: str, where: str = "--shard") -> tuple[int, int]:
     if not (k.isdigit() and n.isdigit()) or not 0 <= int(k) < int(n):
         raise InputError(f"{where} {text!r}: expected K/N with 0 <= K < N, e.g. 0/4")
     return int(k), int(n)
+
+
+def parse_float_list(text: str, where: str) -> tuple[float, ...]:
+    """``"0.485,0.456,0.406"`` -> (0.485, 0.456, 0.406): comma-separated finite numbers (per-channel values)."""
+    try:
+        values = tuple(float(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"{where} {text!r}: expected comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise InputError(f"{where} {text!r}: expected comma-separated finite numbers, e.g. 0.485,0.456,0.406")
+    return values

@@ -21,7 +21,6 @@ import argparse
 import enum
 import re
 import sys
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package o
 
 from mitosis_cli import __version__
 from mitosis_cli.cli.app import app
+from mitosis_cli.cli.options import value_metavar
 from mitosis_cli.errors import PREEMPTED_EXIT_CODE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,11 +53,12 @@ class Param:
     help: str
     is_argument: bool
     takes_value: bool
-    value: str  # PATH, INTEGER, FLOAT, TEXT, or 'a|b' for choices
-    choices: tuple[str, ...]
+    value: str  # PATH, INT, FLOAT, TEXT, or 'a|b' for choices
+    choices: tuple[str, ...]  # what the shells complete (a fixed set when `value` lists them, else suggestions)
     repeatable: bool  # option given several times, or an argument taking several values
     required: bool
     default: str | None  # as the man page shows it; None: no default to show
+    panel: str = ""  # the help panel the option sits in ("" for arguments and the root's options)
 
     @property
     def all_names(self) -> tuple[str, ...]:
@@ -96,25 +97,17 @@ def first_sentence(text: str) -> str:
     return re.split(r"\.\s+(?=[A-Z])", " ".join(text.split()))[0].rstrip(".")
 
 
-def _value_kind(annotation: Any) -> tuple[str, tuple[str, ...]]:
-    """(metavar, choices) of an option's Python annotation (Optional and list already unwrapped by typer or here)."""
-    if typing.get_origin(annotation) in (list, tuple):
-        annotation = typing.get_args(annotation)[0]
-    if typing.get_origin(annotation) is typing.Literal:
-        choices = tuple(str(c) for c in typing.get_args(annotation))
-        return "|".join(choices), choices
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        choices = tuple(str(m.value) for m in annotation)
-        return "|".join(choices), choices
-    if isinstance(annotation, type) and issubclass(annotation, Path):
-        return "PATH", ()
-    return {int: "INTEGER", float: "FLOAT", bool: "BOOLEAN"}.get(annotation, "TEXT"), ()
+def _choices(param: Any, ctx: Any) -> tuple[str, ...]:
+    """The values an option completes to (its autocompletion over the empty word), () when none."""
+    if getattr(param, "_custom_shell_complete", None) is None:
+        return ()
+    return tuple(item.value for item in param.shell_complete(ctx, ""))
 
 
 def _default_text(param: Any) -> str | None:
     default = param.default
-    if not param.expose_value or param.is_eager:  # --help, --version: actions, not settings
-        return None
+    if not param.expose_value or param.is_eager or param.show_default is False:  # --help, --version: actions
+        return None  # (show_default False: the help text states the default itself)
     if getattr(param, "is_flag", False):
         if param.secondary_opts:
             return {True: param.opts[0], False: param.secondary_opts[0]}.get(default, "neither (the command decides)")
@@ -126,18 +119,20 @@ def _default_text(param: Any) -> str | None:
     return str(default)
 
 
-def _param(param: Any) -> Param:
-    annotation = param.type_descriptor.annotation
-    value, choices = _value_kind(annotation)
+def _param(param: Any, ctx: Any) -> Param:
+    """One parameter as the help shows it: the metavar is what `mitosis_cli.cli.options.Command` set (PATH, INT, FLOAT,
+    TEXT, or the choices a|b)."""
+    choices = _choices(param, ctx)
+    value = (param.metavar or "TEXT").removesuffix("...")
     if param.param_type_name == "argument":
-        metavar = (param.metavar or param.name).upper()
-        return Param((metavar,), (), param.help or "", True, True, value, choices, param.nargs == -1, param.required, None)
+        return Param((value,), (), param.help or "", True, True, value_metavar(param), choices, param.nargs == -1,
+                     param.required, None)
     takes_value = not param.is_flag and not param.count
     # short names first, then long; sorted, since Click may hand over -h/--help in either order
     names = tuple(sorted(param.opts, key=lambda n: (n.startswith("--"), n)))
     negations = tuple(sorted(param.secondary_opts, key=lambda n: (n.startswith("--"), n)))
     return Param(names, negations, param.help or "", False, takes_value, value if takes_value else "",
-                 choices, bool(param.multiple), bool(param.required), _default_text(param))
+                 choices, bool(param.multiple), bool(param.required), _default_text(param), param.rich_help_panel or "")
 
 
 def command_tree() -> tuple[Command, list[Command]]:
@@ -152,9 +147,9 @@ def command_tree() -> tuple[Command, list[Command]]:
         if sub.hidden:
             continue
         ctx = sub.make_context(name, [], parent=root_ctx, resilient_parsing=True)
-        params = tuple(_param(p) for p in sub.get_params(ctx) if not p.hidden)  # get_params adds -h/--help
+        params = tuple(_param(p, ctx) for p in sub.get_params(ctx) if not p.hidden)  # get_params adds -h/--help
         commands.append(Command(name, sub.help or "", params))
-    root_params = tuple(_param(p) for p in root.get_params(root_ctx) if not p.hidden)
+    root_params = tuple(_param(p, root_ctx) for p in root.get_params(root_ctx) if not p.hidden)
     return Command("", root.help or "", root_params), commands
 
 
@@ -197,7 +192,8 @@ FORMATS = {
         "config.json (the resolved training options), checkpoint.pt (the latest weights, optimiser state and "
         "history; it marks whether the run finished), checkpoints/epoch-NNNN.pt (weights kept by "
         "--save-epochs) and history.parquet (one row per epoch: epoch, lr, train_loss, train_error, test_loss, "
-        "test_error, seconds). Checkpoints hold tensors only and are loaded without executing code.",
+        "test_error, seconds, and the network's arch, dataset, width and seed; rewritten after every epoch, so it "
+        "can be followed while the run goes on). Checkpoints hold tensors only and are loaded without executing code.",
     ),
     "acts": (
         "acts.h5 (HDF5 activation file)",
@@ -207,7 +203,15 @@ FORMATS = {
         "source checkpoint. Datasets: /head/weight float32 (C, W) and /head/bias float32 (C) hold the trained "
         "last linear layer; for each split (train and/or test), /SPLIT/features float32 (N, W) is the last hidden "
         "layer in eval mode without augmentation, /SPLIT/logits float32 (N, C) and /SPLIT/labels int64 (N). "
-        "Readers check this layout and refuse other files with one line.",
+        "Features imported without their network's head have no /head and no logits; class_names (JSON) names "
+        "the labels when known. Readers check this layout and refuse other files with one line.",
+    ),
+    "dump": (
+        "features.npz | KEY.npy | features.pt | features.safetensors (mitosis import)",
+        "Arrays by key: train_features and test_features float (N, W), train_labels and test_labels integer (N), "
+        "optional head_weight (C, W) with head_bias (C), train_logits and test_logits (N, C), class_names (C). "
+        ".npy: one file per key named [PREFIX]KEY.npy in one folder, memory-mapped. .pt is read with "
+        "weights_only=True; .safetensors keeps class_names as a JSON list in its metadata. Nothing is unpickled.",
     ),
     "clones": (
         "clones.parquet, clones-summary.parquet (mitosis clones)",
@@ -240,7 +244,7 @@ FORMATS = {
     ),
 }
 COMMAND_FORMATS = {
-    "train": ("run", "acts"), "extract": ("run", "acts"), "clones": ("acts", "clones", "tables"),
+    "train": ("run", "acts"), "extract": ("run", "acts"), "import": ("dump", "acts"), "clones": ("acts", "clones", "tables"),
     "ensemble": ("acts", "ensemble", "tables"), "report": ("clones", "ensemble", "run", "report"),
     "sweep": ("sweep", "run", "acts", "clones", "ensemble", "report"), "demo": ("run", "acts"),
 }
@@ -267,18 +271,23 @@ def _th(page: str) -> list[str]:
 
 
 def _options_section(params: tuple[Param, ...]) -> list[str]:
+    """The OPTIONS section, with a subsection per help panel (Data, Model, ...) in the order the help shows them."""
     lines = [".SH OPTIONS"]
-    for param in params:
-        lines += [".TP", _option_label(param), roff(param.help) if param.help else ""]
-        notes = []
-        if param.repeatable and "repeat" not in param.help.lower():
-            notes.append("May be given several times." if not param.is_argument else "Takes one or more values.")
-        if param.choices:
-            notes.append("One of: " + ", ".join(param.choices) + ".")
-        if param.default is not None:
-            notes.append(f"Default: {param.default}.")
-        if notes:
-            lines.append(roff(" ".join(notes)))
+    panels = list(dict.fromkeys(p.panel for p in params))
+    for panel in panels:
+        if len(panels) > 1 and panel:
+            lines.append(f".SS {roff(panel)}")
+        for param in (p for p in params if p.panel == panel):
+            lines += [".TP", _option_label(param), roff(param.help) if param.help else ""]
+            notes = []
+            if param.repeatable and "repeat" not in param.help.lower():
+                notes.append("May be given several times." if not param.is_argument else "Takes one or more values.")
+            if param.choices and param.value != "|".join(param.choices):
+                notes.append("Completes to: " + ", ".join(param.choices) + " (others are accepted too).")
+            if param.default is not None:
+                notes.append(f"Default: {param.default}.")
+            if notes:
+                lines.append(roff(" ".join(notes)))
     return [line for line in lines if line != ""]
 
 

@@ -36,23 +36,28 @@ def show_verdict(result: DemoResult) -> None:
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for every run and result.")] = Path("mitosis-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="3 widths, 8 networks, fewer repeats (under 2 minutes on 2 cores).")] = False,
-    preset: Annotated[str | None, typer.Option("--preset", help="The paper's GPU setups: wrn28-cifar10, wrn28-cifar100, densenet40-cifar10, densenet40-cifar100 (need --data-dir).")] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder in torchvision's layout, for the presets (default: $MITOSIS_DATA_DIR).")] = None,
-    controls: Annotated[bool, typer.Option("--controls", help="Add the paper's controls: no weight decay, stopped before zero training error, untrained networks.")] = False,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Override the plan's epochs (e.g. a few epochs to check a preset).")] = None,
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Training runs at once, one thread each (default: the usable CPUs; 1 on a GPU).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands the demo would run, one per line, and exit.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", rich_help_panel=options.MODEL, help="3 widths, 8 networks, fewer repeats (under 2 minutes on 2 cores).")] = False,
+    preset: Annotated[str | None, typer.Option("--preset", rich_help_panel=options.MODEL, **options.choices(options.PRESETS), help="The paper's GPU setups (need --data-dir).")] = None,
+    controls: Annotated[bool, typer.Option("--controls", rich_help_panel=options.MODEL, help="Add the paper's controls: no weight decay, stopped before zero training error, untrained networks.")] = False,
+    data_dir: options.DataDir = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, rich_help_panel=options.SCHEDULE, help="Override the plan's epochs (e.g. a few epochs to check a preset).")] = None,
+    dry_run: options.DryRun = False,
+    out: Annotated[Path, typer.Option("--out", "-o", rich_help_panel=options.OUTPUTS, help="Folder for every run and result.")] = Path("mitosis-demo"),
+    json_out: options.Json = False,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, rich_help_panel=options.RUNTIME, help="Training steps at once (one per width: its seeds train together), sharing the CPUs as threads (default: the usable CPUs; 1 on a GPU).")] = None,
     device: options.Device = "auto",
     threads: options.Threads = None,
+    progress_mode: options.Progress = "auto",
     quiet: options.Quiet = False,
-    json_out: options.Json = False,
 ) -> None:
     """Show representation mitosis: train MLPs of widths 16-1024 to zero training error, measure their
     clones and ensembles, write a report, and say which of the paper's claims hold.
 
     Example: mitosis demo --quick
+
+    Example: mitosis demo --controls -o mitosis-demo 2> demo.log
+
+    Example: mitosis demo --preset wrn28-cifar10 --data-dir ~/data --epochs 2 --dry-run
     """
     from mitosis_cli.stages.demo import DemoSettings, demo_steps, run_demo
 
@@ -63,9 +68,11 @@ def demo(
         for step in [*steps.train, *steps.analysis]:
             typer.echo(step.shell())
         return
-    say(f"mitosis demo ({steps.plan.name}): {steps.plan.description}; {len(steps.train)} training runs -> {out}", quiet)
+    networks = sum(max(1, len(step.points)) for step in steps.train)
+    say(f"mitosis demo ({steps.plan.name}): {steps.plan.description}; {networks} networks in {len(steps.train)} training "
+        f"steps (the seeds of a width together) -> {out}", quiet)
     set_threads(threads)
-    with progress(quiet) as on_step:
+    with progress(progress_mode, quiet) as on_step:
         result = run_demo(settings, on_step, lambda number, total, step: say(f"$ mitosis {step.stage} ...", quiet))
     if not quiet:
         show_verdict(result)
@@ -74,4 +81,4 @@ def demo(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+    options.register(app, "demo", demo)

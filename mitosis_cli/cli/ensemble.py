@@ -48,8 +48,12 @@ def show_ensemble(summary: dict[str, Any]) -> None:
                       f"{_fmt(row['ensemble_error'])} ({row['ensemble_members']})", _fmt(row["loss"]), _fmt(row["bias"]),
                       _fmt(row["variance"]))
     stderr.print(table)
+    status = summary["error_inf_status"]
     if summary["error_inf"] is not None:
-        stderr.print(f"error_inf (largest ensemble of the widest networks, test): {summary['error_inf']:.4f}")
+        what = f"ensemble of {summary['error_inf_members']} networks of width {summary['error_inf_width']}, test"
+        stderr.print(f"error_inf ({what}): {summary['error_inf']:.4f}" + ("" if status == "ok" else f"  [{status}]"), markup=False)
+    else:
+        stderr.print(f"error_inf: {status}", markup=False)
     for item in summary["comparisons"]:
         stderr.print(f"{item['kind']}: {item['members']} x width {item['width']}: {_fmt(item['error'])}  vs  "
                      f"one width-{item['wide_width']} network: {_fmt(item['wide_error'])}")
@@ -61,33 +65,36 @@ def show_ensemble(summary: dict[str, Any]) -> None:
 
 
 def ensemble(
-    inputs: Annotated[list[Path] | None, typer.Argument(help="Activation files of networks trained with different seeds (one or several widths).", show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Table to write (default: ensemble.parquet in the current directory).")] = Path("ensemble.parquet"),
-    members: Annotated[str | None, typer.Option("--members", help="Ensemble sizes K, e.g. 1,2,4 or 1-16:x2 (default: 1, 2, 4, ... and the pool size).")] = None,
+    inputs: Annotated[list[Path] | None, typer.Argument(metavar="ACTS...", help="Activation files of networks trained with different seeds (one or several widths).", show_default=False)] = None,
+    members: Annotated[str | None, typer.Option("--members", rich_help_panel=options.MEASURE, help="Ensemble sizes K, e.g. 1,2,4 or 1-16:x2 (default: 1, 2, 4, ... and the pool size).")] = None,
     sizes: Annotated[str | None, typer.Option("--sizes", hidden=True, help="Deprecated old name of --members.")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Random subsets per ensemble size, and random chunk draws per chunk size.")] = 10,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the subset and chunk draws.")] = 0,
-    combine: Annotated[str, typer.Option("--combine", help="logits: sum the members' logits (the paper); probs: average their probabilities.")] = "logits",
-    chunk_size: Annotated[str | None, typer.Option("--chunk-size", help="Chunk sizes of the internal ensemble, e.g. 16,32,64 (default: powers of two below the widest W).")] = None,
-    params_per_width: Annotated[float | None, typer.Option("--params-per-width", help="Parameters per last-layer unit, for same-params ensembles (default: counted from the files' training config).")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, rich_help_panel=options.MEASURE, help="Random subsets per ensemble size, and random chunk draws per chunk size.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", min=0, rich_help_panel=options.MEASURE, help="Seed of the subset and chunk draws.")] = 0,
+    combine: Annotated[str, typer.Option("--combine", rich_help_panel=options.MEASURE, **options.choices(options.COMBINES), help="logits: sum the members' logits (the paper); probs: average their probabilities.")] = "logits",
+    chunk_size: Annotated[str | None, typer.Option("--chunk-size", rich_help_panel=options.MEASURE, help="Chunk sizes of the internal ensemble, e.g. 16,32,64 (default: powers of two below the widest W).")] = None,
+    params_per_width: Annotated[float | None, typer.Option("--params-per-width", rich_help_panel=options.MEASURE, help="Parameters per last-layer unit, for same-params ensembles (default: counted from the files' training config).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", rich_help_panel=options.OUTPUTS, help="Table to write.")] = Path("ensemble.parquet"),
     force: options.Force = False,
-    quiet: options.Quiet = False,
     json_out: options.Json = False,
+    progress_mode: options.Progress = "auto",
+    quiet: options.Quiet = False,
 ) -> None:
     """Compare wide networks with deep ensembles and with their own chunks; write ensemble.parquet.
 
-    Writes ensemble curves per width, error_inf (for `mitosis clones --ensemble`), same-total-width and
-    same-params comparisons, the internal ensemble of the widest networks and a bias-variance
-    decomposition of the cross-entropy per width.
+    Writes ensemble curves per width, error_inf (for `mitosis clones --ensemble`; its status says when it
+    rests on too few networks), same-total-width and same-params comparisons, the internal ensemble of
+    the widest networks and a bias-variance decomposition of the cross-entropy per width.
 
-    Example: mitosis ensemble runs/w64-s*/acts.h5 runs/w512-s*/acts.h5 -o ensemble.parquet
+    Example: mitosis ensemble runs/w64-s*/acts.h5 runs/w512-s*/acts.h5 -o results/ensemble.parquet
+
+    Example: mitosis ensemble runs/*/acts.h5 --members 1-16:x2 --repeats 20 --combine probs --json
     """
     from mitosis_cli.stages.ensemble import run_ensemble
 
     settings = ensemble_settings(locals())
     if sizes is not None:
         say("note: --sizes is deprecated and will be removed in the next release; use --members", quiet)
-    with progress(quiet) as on_step:
+    with progress(progress_mode, quiet) as on_step:
         result = run_ensemble(settings, on_step)
     if result.skipped:
         say(f"{out}: already made from these inputs and options; skipped (--force to redo)", quiet)
@@ -103,4 +110,4 @@ def ensemble(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("ensemble")(ensemble)
+    options.register(app, "ensemble", ensemble)

@@ -23,21 +23,24 @@ def report_settings(params: Mapping[str, Any]) -> ReportSettings:
 
 
 def report(
-    tables: Annotated[list[Path] | None, typer.Argument(help="Parquet tables (clones, clones-summary, ensemble, history) or folders holding them.", show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write (index.html, summary.md, figures/).")] = Path("report"),
-    title: Annotated[str, typer.Option("--title", help="Title of the report.")] = "Representation mitosis report",
+    tables: Annotated[list[Path] | None, typer.Argument(metavar="TABLES...", help="Parquet tables (clones, clones-summary, ensemble, history) or folders holding them.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", rich_help_panel=options.OUTPUTS, help="Report folder to write (index.html, summary.md, figures/).")] = Path("report"),
+    title: Annotated[str, typer.Option("--title", rich_help_panel=options.OUTPUTS, help="Title of the report.")] = "Representation mitosis report",
     force: options.Force = False,
-    quiet: options.Quiet = False,
     json_out: options.Json = False,
+    progress_mode: options.Progress = "auto",
+    quiet: options.Quiet = False,
 ) -> None:
     """Draw the paper's figures from the tables and write REPORT/index.html (self-contained), summary.md and
     figures/*.png|svg. Any subset of tables works; figures whose table is missing are skipped.
 
-    Example: mitosis report clones.parquet clones-summary.parquet ensemble.parquet runs/*/history.parquet -o report/
+    Example: mitosis report results/clones results/ensemble.parquet runs/*/history.parquet -o results/report
+
+    Example: mitosis report sweeps/mnist/mnist5k/clones --title 'MLPs on MNIST' -o report --json
     """
     from mitosis_cli.stages.report import run_report
 
-    with progress(quiet) as on_step:
+    with progress(progress_mode, quiet) as on_step:
         result = run_report(report_settings(locals()), on_step)
     for note in result.notes:
         say(f"note: {note}", quiet)
@@ -50,4 +53,4 @@ def report(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("report")(report)
+    options.register(app, "report", report)

@@ -1,10 +1,11 @@
 """Options meant for another stage (a grid file's [train] table, the sweep's --train-arg), parsed by that
-stage's own parser into its settings, so a typo fails at once and not in array task 37."""
+stage's own parser into its settings, so a typo fails at once and not in array task 37; and the sweep's grid."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -13,8 +14,14 @@ from mitosis_cli.cli.ensemble import ensemble_settings
 from mitosis_cli.cli.report import report_settings
 from mitosis_cli.cli.train import train_settings
 from mitosis_cli.errors import InputError
-from mitosis_cli.stages.base import StageSettings
+from mitosis_cli.stages.base import StageSettings, option_words
+from mitosis_cli.values import int_list_value, parse_int_list
 
+if TYPE_CHECKING:
+    from mitosis_cli.stages.sweep import Grid
+
+RESERVED = {"train": ("dataset", "width", "seed", "seeds", "out", "acts", "resume"), "clones": ("out",), "ensemble": ("out",),
+            "report": ("out",)}  # set by the sweep itself, per grid point or per data set
 SETTINGS_OF = {"train": train_settings, "clones": clone_settings, "ensemble": ensemble_settings, "report": report_settings}
 
 
@@ -77,3 +84,31 @@ def parse_stage_options(ctx: typer.Context, stage: str, argv: Iterable[str], res
         raise InputError(f"{stage} options of the sweep: {err.format_message()}",
                          hint=f"see 'mitosis {stage} --help' for its options") from None
     return SETTINGS_OF[stage](parsed.params)
+
+
+def sweep_grid(ctx: typer.Context, grid_file: Path | None, out: Path | None, datasets: list[str] | None, widths: str | None,
+               seeds: str | None, shortcuts: list[tuple[str, Any]], runtime: list[tuple[str, Any]], raw: dict[str, list[str]]) -> Grid:
+    """Merge the grid file with the command line (the command line wins) into a Grid."""
+    from mitosis_cli.stages.sweep import STAGES, Grid, check_dataset_name, load_grid_file
+
+    data = load_grid_file(grid_file) if grid_file is not None else {}
+    where = str(grid_file) if grid_file is not None else "grid"
+    listed = data.get("datasets", data.get("dataset", ["mnist5k"]))
+    names = datasets or ([listed] if isinstance(listed, str) else listed)
+    if not isinstance(names, list) or not all(isinstance(d, str) for d in names):
+        raise InputError(f"{where}: datasets must be a list of names, got {listed!r}")
+    if widths is not None:
+        width_list = parse_int_list(widths, "--widths", minimum=1)
+    elif "widths" in data:
+        width_list = int_list_value(data["widths"], f"{where}: widths", minimum=1)
+    else:
+        raise InputError("no widths: give --widths, e.g. --widths 16,64,256, or widths in the --grid file")
+    seed_list = (parse_int_list(seeds, "--seeds") if seeds is not None
+                 else int_list_value(data["seeds"], f"{where}: seeds") if "seeds" in data else (0,))
+    templates = {}
+    for stage in STAGES:
+        argv = [*table_argv(ctx, stage, data.get(stage, {}), where), *option_words(shortcuts if stage == "train" else []),
+                *option_words(runtime if stage in ("train", "clones") else []), *raw[stage]]
+        templates[stage] = parse_stage_options(ctx, stage, argv, RESERVED[stage])
+    return Grid(out or Path(str(data.get("out", "sweep"))), tuple(dict.fromkeys(check_dataset_name(d) for d in names)),
+                dict.fromkeys(width_list, seed_list), **templates)

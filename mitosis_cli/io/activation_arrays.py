@@ -16,13 +16,12 @@ from mitosis_cli.io.activations import (
     ActivationFile,
     ActivationHeader,
     SplitArrays,
-    check_finite,
     check_head,
-    check_labels,
     check_logits,
     check_split,
     write_activations,
 )
+from mitosis_cli.io.checks import check_finite, check_labels
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,8 +33,11 @@ import h5py
 import numpy as np
 
 from mitosis_cli import __version__
-from mitosis_cli.errors import InputError, OutputError
-from mitosis_cli.io.atomic import atomic_path
+from mitosis_cli.errors import InputError
+from mitosis_cli.io.atomic import atomic_path, check_room
+from mitosis_cli.io.checks import check_finite, check_labels, check_shard, is_int
+from mitosis_cli.io.hdf5 import hdf5_writer
+from mitosis_cli.io.paths import input_file
 from mitosis_cli.io.stamp import Stamp
 
 FORMAT = "mitosis-activations"
@@ -56,6 +58,22 @@ def network_label(arch: str, width: int, seed: int | None = None, epoch: int | N
     parts += [f"s{seed}"] if seed is not None and seed >= 0 else []
     parts += [f"e{epoch}"] if epoch is not None and epoch >= 0 else []
     return " ".join(p for p in parts if p)
+
+
+def network_labels(networks: Iterable[Mapping[str, Any]]) -> list[str]:
+    """`network_label` of each network (a mapping of arch, width, seed, epoch, dataset and source, as a
+    table's row holds them), with the data set when they come from more than one, and the source where two
+    would still read alike (the same network in two folders)."""
+    rows = list(networks)
+    several = len({row.get("dataset") for row in rows}) > 1
+
+    def number(value: Any) -> int | None:
+        return None if value is None or value != value else int(value)  # a missing value reads back as None or NaN
+
+    labels = [network_label(str(row.get("arch") or ""), int(row["width"]), number(row.get("seed")), number(row.get("epoch")),
+                            str(row.get("dataset") or "") if several else "") for row in rows]
+    return [f"{label} ({row.get('source')})" if labels.count(label) > 1 else label
+            for label, row in zip(labels, rows, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -133,11 +151,11 @@ class ActivationHeader:
             raise InputError(f"{where}: format_version {attrs.get('format_version')!r} is not supported "
                              f"(this mitosis reads {FORMAT_VERSION})")
         for key in ("width", "num_classes"):
-            if not isinstance(attrs.get(key), int) or attrs[key] < 1:
+            if not is_int(attrs.get(key)) or attrs[key] < 1:
                 raise InputError(f"{where}: attribute {key!r} must be a positive integer, found {attrs.get(key)!r}")
         for key in ("seed", "epoch"):
-            if key in attrs and not isinstance(attrs[key], int):
-                raise InputError(f"{where}: attribute {key!r} must be an integer, found {attrs[key]!r}")
+            if key in attrs and not (is_int(attrs[key]) and -(1 << 63) <= attrs[key] < (1 << 63)):
+                raise InputError(f"{where}: attribute {key!r} must be a 64-bit integer, found {attrs[key]!r}")
         try:
             config = json.loads(attrs.get("config", "{}") or "{}")
             shard_rows = json.loads(attrs.get("shard_rows", "{}") or "{}")
@@ -149,6 +167,8 @@ class ActivationHeader:
         named = isinstance(names, list) and all(isinstance(n, str) for n in names)
         if not named or len(names) not in (0, attrs["num_classes"]):
             raise InputError(f"{where}: attribute 'class_names' must list one name per class ({attrs['num_classes']})")
+        if shard := str(attrs.get("shard", "") or ""):
+            check_shard(where, shard, shard_rows, splits)
         text = {key: str(attrs.get(key, default)) for key, default in
                 (("dataset", ""), ("arch", ""), ("layer", ""), ("source_sha256", ""), ("inputs", "data"), ("shard", ""),
                  ("mitosis_version", ""), ("created_utc", ""))}
@@ -217,17 +237,6 @@ def check_logits(source: ActivationSource) -> None:
         raise InputError(f"{source.name}: has no logits (and no head to compute them): ensembles need them")
 
 
-def check_finite(name: str, key: str, block: np.ndarray) -> None:
-    if not np.isfinite(block).all():
-        raise InputError(f"{name}: /{key} holds NaN or Inf values")
-
-
-def check_labels(name: str, split: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(f"{name}: /{split}/labels outside [0, {num_classes})")
-    return labels.astype(np.int64, copy=False)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Files
 
@@ -279,10 +288,7 @@ def _validate(path: Path, h5: h5py.File) -> ActivationHeader:
 @contextmanager
 def _opened(path: Path) -> Iterator[tuple[h5py.File, ActivationHeader]]:
     """Open and validate; any failure of h5py on a damaged file becomes one `InputError` naming it."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected an activation file (.h5)")
+    input_file(path, "an activation file (.h5)")
     try:
         h5 = h5py.File(path, "r")
     except OSError as err:
@@ -336,9 +342,9 @@ class ActivationFile:
         check_split(self, split)
         check_logits(self)
         with _opened(self.path) as (h5, _):
-            logits = h5[f"{split}/logits"][...].astype(np.float32, copy=False)
+            logits = h5[f"{split}/logits"][...]
         check_finite(self.name, f"{split}/logits", logits)
-        return logits
+        return logits.astype(np.float32, copy=False)
 
     def features(self, split: str) -> np.ndarray:
         """The whole split's features (N, W) float32 in memory (`iter_blocks` streams them instead)."""
@@ -350,9 +356,9 @@ class ActivationFile:
         with _opened(self.path) as (h5, _):
             ds = h5[f"{split}/features"]
             for start in range(0, ds.shape[0], rows):
-                block = ds[start : start + rows].astype(np.float32, copy=False)
+                block = ds[start : start + rows]
                 check_finite(self.name, f"{split}/features", block)
-                yield block
+                yield block.astype(np.float32, copy=False)
 
     def split(self, split: str) -> SplitArrays:
         """One split in memory, validated."""
@@ -367,16 +373,6 @@ class ActivationFile:
 def _row_chunk(n_rows: int, n_cols: int) -> tuple[int, int]:
     rows = max(1, min(n_rows, _CHUNK_BYTES // (4 * max(n_cols, 1))))
     return (rows, n_cols)
-
-
-def _check_free_space(path: Path, data_bytes: int) -> None:
-    """Refuse to start an HDF5 file the disk cannot hold: HDF5 crashes the interpreter (segmentation fault
-    at exit) when a write fails for lack of space, so the one clean moment to say so is before it starts."""
-    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
-    need = data_bytes + (1 << 20)  # + HDF5 metadata, chunk index and attributes (well under 1 MiB here)
-    free = shutil.disk_usage(folder).free
-    if free < need:
-        raise OutputError(f"cannot write {path}: No space left on device ({free} bytes free, about {need} needed)")
 
 
 def write_activations(
@@ -407,8 +403,10 @@ def write_activations(
     if head_weight is not None and head_bias is not None and (
             head_weight.shape != (n_classes, width) or head_bias.shape != (n_classes,)):
         raise ValueError(f"head shapes {head_weight.shape}, {head_bias.shape} do not match C={n_classes}, W={width}")
-    _check_free_space(path, sum(n * (4 * (width + n_classes) + 8) for n, _ in splits.values()) + 4 * n_classes * (width + 1))
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+    # refuse up front what the disk or `ulimit -f` cannot hold: the data, plus under 1 MiB of HDF5 metadata
+    check_room(path, sum(n * (4 * (width + n_classes) + 8) for n, _ in splits.values()) + 4 * n_classes * (width + 1)
+               + (1 << 20))
+    with atomic_path(path) as tmp, hdf5_writer(tmp) as h5:
         h5.attrs.update(header.to_attrs())
         if head_weight is not None and head_bias is not None:
             h5.create_dataset("head/weight", data=np.asarray(head_weight, dtype=np.float32))
@@ -431,4 +429,5 @@ def write_activations(
                 start = stop
             if start != n_rows:
                 raise ValueError(f"split {name!r}: wrote {start} rows, declared {n_rows}")
+            h5.flush()  # a failing write surfaces here, not when the split's datasets are released
     return path

@@ -87,12 +87,13 @@ def write_clone_tables(folder: str | os.PathLike[str], clones: pa.Table, summary
 
 def read_clones(path: str | os.PathLike[str]) -> tuple[pa.Table, dict[str, Any]]:
     """Read and validate a clones.parquet."""
-    return read_table(path, CLONES_KIND, CLONES_SCHEMA.names)
+    return read_table(path, CLONES_KIND, CLONES_SCHEMA.names, CLONES_SCHEMA)
 
 
 def read_clones_summary(path: str | os.PathLike[str]) -> tuple[pa.Table, dict[str, Any]]:
     """Read and validate a clones-summary.parquet (one without the `status` column gets a null one)."""
-    table, meta = read_table(path, SUMMARY_KIND, [name for name in SUMMARY_SCHEMA.names if name != "status"])
+    required = [name for name in SUMMARY_SCHEMA.names if name != "status"]
+    table, meta = read_table(path, SUMMARY_KIND, required, SUMMARY_SCHEMA)
     if "status" not in table.column_names:
         table = table.append_column("status", pa.nulls(table.num_rows, pa.string()))
     return table, meta

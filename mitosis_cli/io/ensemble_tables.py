@@ -116,7 +116,7 @@ def read_error_inf(path: str | os.PathLike[str]) -> float:
     InputError
         When the table is not an ensemble table or has no (or several different) such value.
     """
-    table, _ = read_table(path, "ensemble", ("kind", "metric", "split", "value"))
+    table, _ = read_table(path, "ensemble", ("kind", "metric", "split", "value"), SCHEMA)
     rows = table.filter(pc.and_(pc.and_(pc.equal(table["kind"], "error-inf"), pc.equal(table["metric"], "error")),
                                 pc.equal(table["split"], "test")))
     try:

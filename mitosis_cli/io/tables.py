@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from mitosis_cli import __version__
 from mitosis_cli.errors import InputError
 from mitosis_cli.io.atomic import atomic_path
+from mitosis_cli.io.paths import input_file
 from mitosis_cli.io.stamp import Stamp
 
 SCHEMA_VERSION = 1
@@ -24,7 +25,7 @@ _META_KEY = b"mitosis"
 def file_sha256(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(input_file(path), "rb") as fh:
         while chunk := fh.read(block):
             digest.update(chunk)
     return digest.hexdigest()
@@ -77,13 +78,42 @@ def write_table(path: str | os.PathLike[str], table: pa.Table, meta: dict[str, A
     return path
 
 
+def _family(data_type: pa.DataType) -> str:
+    """What a column holds, for the type check: integers, numbers (floats), text, nothing (all null), or other."""
+    if pa.types.is_dictionary(data_type):  # a categorical column (pandas) holds its dictionary's type
+        data_type = data_type.value_type
+    for family, test in (("integers", pa.types.is_integer), ("numbers", pa.types.is_floating),
+                         ("text", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)), ("nothing", pa.types.is_null)):
+        if test(data_type):
+            return family
+    return str(data_type)
+
+
+_ACCEPTS = {"integers": {"integers", "nothing"}, "numbers": {"numbers", "integers", "nothing"}, "text": {"text", "nothing"}}
+
+
+def check_column_types(path: str | os.PathLike[str], table: pa.Table, schema: pa.Schema,
+                       columns: Sequence[str] | None = None) -> None:
+    """Refuse a column whose values are of another kind than `schema` says (words where numbers belong).
+
+    Integer columns accept integers, float columns integers or floats, text columns text; a column of
+    nulls only is accepted everywhere. Only `columns` (default: every field of `schema`) present in the
+    table are checked.
+    """
+    for name in columns if columns is not None else schema.names:
+        if name not in table.column_names or name not in schema.names:
+            continue
+        want, have = _family(schema.field(name).type), _family(table.schema.field(name).type)
+        if have not in _ACCEPTS.get(want, {want}):
+            raise InputError(f"{path}: column {name!r} holds {have} ({table.schema.field(name).type}), expected {want}")
+
+
 def read_table(
-    path: str | os.PathLike[str], kind: str | None = None, columns: Sequence[str] = ()
+    path: str | os.PathLike[str], kind: str | None = None, columns: Sequence[str] = (), schema: pa.Schema | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """Read a mitosis Parquet table and its metadata, checking its kind and required columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    """Read a mitosis Parquet table and its metadata, checking its kind, required columns and (with `schema`)
+    the type of each column the schema names."""
+    path = input_file(path, "a Parquet table")
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
@@ -97,6 +127,9 @@ def read_table(
         raise InputError(f"{path}: corrupt mitosis metadata") from None
     if not isinstance(meta, dict):
         raise InputError(f"{path}: corrupt mitosis metadata (not a JSON object)")
+    inputs, options = meta.get("inputs", []), meta.get("options", {})
+    if not (isinstance(inputs, list) and all(isinstance(i, dict) for i in inputs)) or not isinstance(options, dict):
+        raise InputError(f"{path}: corrupt mitosis metadata ('inputs' must be a list of objects, 'options' an object)")
     if kind is not None and meta.get("kind") != kind:
         raise InputError(f"{path}: is a {meta.get('kind')!r} table, expected {kind!r}")
     if meta.get("schema_version") != SCHEMA_VERSION:
@@ -105,4 +138,6 @@ def read_table(
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    if schema is not None:
+        check_column_types(path, table, schema)
     return table, meta

@@ -86,3 +86,45 @@ def densenet_width(growth: int, depth: int) -> int:
         if block < 2:
             ch //= 2
     return ch
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A network mitosis did not train: ``torchvision:NAME`` or ``module:PKG.MOD:FACTORY`` (`--model`).
+
+    Attributes
+    ----------
+    kind : str
+        ``torchvision`` (an architecture of torchvision.models, built with its constructor, no weights
+        downloaded) or ``module`` (a factory function of the user's own code, imported).
+    name : str
+        The torchvision architecture (``resnet50``), or the module path (``mypkg.nets``).
+    factory : str
+        The factory function in that module (empty for torchvision).
+    """
+
+    kind: str
+    name: str
+    factory: str = ""
+
+    @property
+    def arch(self) -> str:
+        """The `arch` of the activation file: ``resnet50``, or ``mypkg.nets:build_net``."""
+        return self.name if self.kind == "torchvision" else f"{self.name}:{self.factory}"
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.arch}"
+
+
+MODEL_REF_FORMS = "torchvision:NAME (e.g. torchvision:resnet50) or module:PKG.MOD:FACTORY (e.g. module:mynets.cifar:build)"
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """``--model`` text -> `ModelRef`; one `InputError` line when it is neither form."""
+    kind, _, rest = text.partition(":")
+    if kind == "torchvision" and rest.isidentifier():
+        return ModelRef("torchvision", rest)
+    module, _, factory = rest.rpartition(":")
+    if kind == "module" and factory.isidentifier() and all(part.isidentifier() for part in module.split(".")):
+        return ModelRef("module", module, factory)
+    raise InputError(f"--model {text!r}: expected {MODEL_REF_FORMS}")

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.tables import file_sha256, read_table
+from mitosis_cli.io.clone_tables import CLONES_SCHEMA, SUMMARY_SCHEMA
+from mitosis_cli.io.ensemble_tables import SCHEMA as ENSEMBLE_SCHEMA
+from mitosis_cli.io.tables import check_column_types, file_sha256, read_table, table_stamp
 from mitosis_cli.report.frame import Frame
 
 # The columns the report needs from each kind of table (the contracts may carry more; those are kept).
@@ -22,6 +25,17 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "ensemble": ("kind", "width", "members", "repeat", "split", "metric", "value"),
     "history": ("epoch", "train_loss", "train_error", "test_loss", "test_error"),
 }
+
+# The type of each column the report reads (words in a value column would draw an empty figure).
+SCHEMAS: dict[str, pa.Schema] = {
+    "clones": CLONES_SCHEMA, "clones-summary": SUMMARY_SCHEMA, "ensemble": ENSEMBLE_SCHEMA,
+    "history": pa.schema([("epoch", pa.int64()), ("lr", pa.float64()), ("train_loss", pa.float64()),
+                          ("train_error", pa.float64()), ("test_loss", pa.float64()), ("test_error", pa.float64()),
+                          ("seconds", pa.float64())]),
+}
+
+# Columns that are never infinite (a diverged run's losses and an ensemble's cross-entropy may be).
+FINITE_COLUMNS = {"clones": ("value",), "clones-summary": ("mean", "std", "sem")}
 
 # Which figures each kind feeds, for the one "skipped" line per missing kind.
 FIGURES_OF_KIND: dict[str, str] = {
@@ -128,10 +142,33 @@ def expand_paths(paths: list[Path]) -> list[Path]:
     return unique
 
 
+def _check_no_infinity(path: Path, table: pa.Table, columns: tuple[str, ...]) -> None:
+    """Refuse +-Inf in the measured values of a clones table: `clones` never writes it (NaN, for a value that does
+    not apply, it does)."""
+    for name in columns:
+        floating = name in table.column_names and pa.types.is_floating(table.schema.field(name).type)
+        if floating and np.isinf(table[name].to_numpy(zero_copy_only=False).astype(np.float64)).any():
+            raise InputError(f"{path}: column {name!r} holds infinite values")
+
+
+def _check_pairs(stamps: dict[Path, Any]) -> None:
+    """Refuse clones.parquet and clones-summary.parquet side by side that are not from one `clones` run (a pair
+    left mixed, e.g. by copying one table over): their stamps (inputs and options) must agree."""
+    for path, stamp in stamps.items():
+        if path.name != "clones.parquet":
+            continue
+        sibling = path.with_name("clones-summary.parquet")
+        other = next((s for p, s in stamps.items() if p != path and os.path.realpath(p) == os.path.realpath(sibling)), None)
+        if other is not None and other != stamp:
+            raise InputError(f"{path} and {sibling} are not from one clones run (other inputs or options)",
+                             hint="rerun `mitosis clones` for that folder")
+
+
 def load_inputs(paths: list[Path]) -> ReportInputs:
     """Read every table, check its kind, columns and that it has rows, and group the tables by kind."""
     inputs = ReportInputs()
     by_kind: dict[str, list[Frame]] = {"clones": [], "clones-summary": [], "ensemble": []}
+    clone_stamps: dict[Path, Any] = {}
     for path in expand_paths(paths):
         table, meta = read_table(path)
         kind = str(meta.get("kind"))
@@ -143,15 +180,26 @@ def load_inputs(paths: list[Path]) -> ReportInputs:
             raise InputError(f"{path}: the {kind} table lacks column(s) {', '.join(missing)}")
         if table.num_rows == 0:
             raise InputError(f"{path}: the {kind} table is empty (no rows)")
+        check_column_types(path, table, SCHEMAS[kind])
+        _check_no_infinity(path, table, FINITE_COLUMNS.get(kind, ()))
+        if kind in ("clones", "clones-summary"):
+            clone_stamps[path] = table_stamp(meta, "clones")
         inputs.files.append(InputFile(path, kind, file_sha256(path), table.num_rows))
         frame = Frame.from_arrow(table)
         if kind == "history":
             config = (meta.get("options") or {}).get("config") or {}
+            if not isinstance(config, dict):
+                raise InputError(f"{path}: the history's training config (options.config) is not an object")
+            bad = [key for key in ("width", "seed")
+                   if not (config.get(key) is None or (isinstance(config[key], int) and not isinstance(config[key], bool)))]
+            if bad:
+                raise InputError(f"{path}: the history's training config has a {bad[0]!r} that is not an integer")
             inputs.histories.append(HistoryRun(path, dict(config), frame))
         elif kind == "ensemble":
             by_kind[kind].append(frame)
         else:
             by_kind[kind].append(_with_r2_threshold(frame, meta))
+    _check_pairs(clone_stamps)
     if by_kind["clones"]:
         inputs.clones = _with_epoch(Frame.concat(by_kind["clones"]))
     if by_kind["clones-summary"]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mitosis_cli.io.activations import network_label as io_network_label
 from mitosis_cli.report.frame import Curve, Frame, curve_from_summaries, curve_from_values
 
 NetworkKey = tuple[str, str, int]  # (arch, dataset, width W)
@@ -19,8 +20,9 @@ DEFAULT_R2_THRESHOLD = 0.99
 
 
 def network_label(key: NetworkKey) -> str:
+    """A figure's name for a network (its seeds pooled): `io.activations.network_label`, e.g. ``mnist5k mlp-2-relu w64``."""
     arch, dataset, width = key
-    return f"{arch} on {dataset}, W = {width}"
+    return io_network_label(arch, width, dataset=dataset)
 
 
 def network_keys(*frames: Frame | None) -> list[NetworkKey]:

@@ -31,6 +31,8 @@ class Progress:
         What the step was, in a few words.
     values : mapping
         Numbers of the step, e.g. a training epoch's losses and errors.
+    unit : str
+        What a step is (``epoch``, ``phase``), for a log line: ``epoch 3/100``.
     """
 
     task: str
@@ -38,6 +40,7 @@ class Progress:
     total: int
     status: str = ""
     values: Mapping[str, float] = field(default_factory=dict)
+    unit: str = ""
 
 
 OnStep = Callable[[Progress], None]
@@ -81,6 +84,10 @@ class StageSettings(ABC):
     def command(self) -> str:
         """`to_argv` as one line of shell text, every word quoted."""
         return shlex.join(["mitosis", *self.to_argv()])
+
+    def check(self) -> None:  # noqa: B027 - a stage whose options have no range to check keeps this one
+        """Refuse option values no run of the stage can use (one `InputError` line naming the option), before
+        any input is read or output touched; a sweep checks every step's settings before it runs the first."""
 
 
 def paths_after_options(paths: Iterable[Path]) -> list[str]:

@@ -8,6 +8,7 @@ Every fitted number carries a `status`: "ok", or what makes it undetermined.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,8 +18,9 @@ import pyarrow as pa
 
 from mitosis_cli.analysis.clone_size import Summary, clone_size, fit_clone_growth, fit_excess_error, summarize
 from mitosis_cli.analysis.collapse import REGIME_RULE, Collapse, NetworkFacts, regime
-from mitosis_cli.io.activations import network_label
+from mitosis_cli.io.activations import network_labels
 from mitosis_cli.io.clone_tables import SUMMARY_SCHEMA, summary_table
+from mitosis_cli.io.tables import read_table
 
 NETWORK_KEYS = ("source", "arch", "dataset", "width", "seed", "epoch")
 GROWTH_RULE = "least-squares hinge fit n_clones = max(1, 1 + slope (W - critical_width)) over all files"
@@ -48,13 +50,17 @@ class NetworkClones:
     """The clone facts of one network, as the summary table holds them."""
 
     source: str
-    label: str
     width: int
     clone_size: float
     clone_size_lo: float
     clone_size_hi: float
     n_clones: float
-    clone_size_status: str = OK
+    arch: str = ""
+    dataset: str = ""
+    seed: int | None = None
+    epoch: int | None = None
+    label: str = ""  # what the network is, e.g. "mlp-2-batchnorm w512 s0 e100" (io.activations.network_labels)
+    clone_size_status: str | None = None  # "ok" or why it is undetermined; None in a table without the status column
     r2: dict[int, float] = field(default_factory=dict)  # chunk size -> mean R^2 on the main split
     excess_error_c: float | None = None
     excess_error_status: str | None = None
@@ -160,6 +166,20 @@ def summarize_clones(clones: pa.Table, networks: Sequence[MeasuredNetwork], r2_t
     return summary_table(out.cols)
 
 
+def error_inf_source(error_inf: float | None, ensemble: str | os.PathLike[str] | None) -> str:
+    """Where error_inf came from, for the summary's status: given, or the members of the ensemble table's row."""
+    if error_inf is None:
+        return ""
+    if ensemble is None:
+        return "given (--error-inf)"
+    table, _ = read_table(ensemble, "ensemble", ("kind", "split"))
+    members = [r.get("members") for r in table.to_pylist() if r["kind"] == "error-inf" and r["split"] == "test"]
+    members = [m for m in members if m is not None]
+    if members and max(members) <= 1:
+        return f"from one member only ({ensemble}): the error of one network, not of a large ensemble"
+    return f"ensemble of {max(members)} networks ({ensemble})" if members else f"from {ensemble}"
+
+
 def _excess_rows(out: _Columns, net: MeasuredNetwork, stats: Mapping[tuple[Any, ...], Summary], error_inf: float | None,
                  error_inf_source: str, clone: float) -> None:
     """error_inf, the excess-error constant c and the chunks' excess error of one network (with error_inf)."""
@@ -192,22 +212,33 @@ def skipped_notes(networks: Sequence[NetworkClones]) -> list[str]:
             for net in networks if net.skipped_metrics]
 
 
+def network_order(identity: Mapping[str, Any]) -> tuple[Any, ...]:
+    """How tables and printouts list networks: by data set, architecture, width, seed, epoch (then file), never by file
+    name alone. `identity` maps NETWORK_KEYS to values, as a summary row or `MeasuredNetwork.identity` holds them."""
+    def number(key: str) -> int:
+        value = identity.get(key)
+        return -1 if value is None or value != value else int(value)  # unknown (None, or NaN read back) first
+
+    return (str(identity.get("dataset") or ""), str(identity.get("arch") or ""), int(identity["width"]), number("seed"),
+            number("epoch"), str(identity.get("source") or ""))
+
+
 def networks_from_summary(summary: pa.Table) -> tuple[list[NetworkClones], dict[str, Any]]:
-    """Per-network clone facts and the across-network growth fit (with its status), read back from a summary."""
+    """Per-network clone facts (in `network_order`, labelled by what each network is: `io.activations.network_labels`)
+    and the across-network growth fit (with its ``growth_status`` when the table records one), read back from a
+    clones-summary table."""
     facts: dict[str, dict[str, Any]] = {}
     growth: dict[str, Any] = {}
     for row in summary.to_pylist():
         if row["source"] == "all":
             growth[row["metric"]] = row["mean"]
-            growth["growth_status"] = row.get("status") or OK
+            if row.get("status"):  # tables written before the status column have none
+                growth.setdefault("growth_status", row["status"])
             continue
-        fact = facts.setdefault(row["source"], {
-            "source": row["source"], "width": row["width"], "r2": {}, "collapse": {},
-            "label": network_label(row["arch"] or "", row["width"], row["seed"], row["epoch"], row["dataset"] or "")})
+        fact = facts.setdefault(row["source"], {"r2": {}, "collapse": {}, **{key: row.get(key) for key in NETWORK_KEYS}})
         metric, status = row["metric"], row.get("status")
         if metric == "clone_size":
-            fact.update(clone_size=row["mean"], clone_size_lo=row["lo"], clone_size_hi=row["hi"],
-                        clone_size_status=status or OK)
+            fact.update(clone_size=row["mean"], clone_size_lo=row["lo"], clone_size_hi=row["hi"], clone_size_status=status)
         elif metric == "n_clones":
             fact["n_clones"] = row["mean"]
         elif metric == "excess_error_c":
@@ -222,4 +253,6 @@ def networks_from_summary(summary: pa.Table) -> tuple[list[NetworkClones], dict[
             fact["skipped_metrics"] = status.split(": ")[0].split(", ")
         elif metric == "reconstruction_r2" and row["split"] in ("test", "train") and row["chunk_size"] is not None:
             fact["r2"][row["chunk_size"]] = row["mean"]
-    return [NetworkClones(**fact) for fact in facts.values()], growth
+    order = sorted(facts.values(), key=network_order)
+    networks = [NetworkClones(**{**fact, "label": label}) for fact, label in zip(order, network_labels(order), strict=True)]
+    return networks, growth

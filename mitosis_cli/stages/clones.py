@@ -30,21 +30,24 @@ from mitosis_cli.analysis.collapse import Collapse, collapse_diagnostics
 from mitosis_cli.analysis.information_imbalance import chunk_information_imbalances
 from mitosis_cli.analysis.reconstruction import RIDGE_ALPHA
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import ActivationFile, ActivationSource
-from mitosis_cli.io.atomic import output_lock
+from mitosis_cli.io.activations import ActivationFile, ActivationSource, network_labels
 from mitosis_cli.io.clone_tables import clones_table, read_clones, read_clones_summary, write_clone_tables
 from mitosis_cli.io.ensemble_tables import read_error_inf
-from mitosis_cli.io.stamp import Decision, Stamp, decide
-from mitosis_cli.io.tables import input_records, provenance, read_table, table_stamp
+from mitosis_cli.io.stamp import Decision, Stamp
+from mitosis_cli.io.tables import input_records, provenance, table_stamp
 from mitosis_cli.runtime import pick_device, return_freed_memory_to_os, set_threads
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
+from mitosis_cli.stages.checks import MAX_REPEATS, check_device, check_float, check_int, check_seed, check_threads
 from mitosis_cli.stages.clone_summary import (
     MeasuredNetwork,
     NetworkClones,
+    error_inf_source,
+    network_order,
     networks_from_summary,
     skipped_notes,
     summarize_clones,
 )
+from mitosis_cli.stages.transaction import OutputTransaction
 
 DIAGNOSTIC_REPEATS = 3  # chunks per size whose residual shape is measured (in one more pass over the data)
 DIAGNOSTIC_TARGETS = 128  # neurons outside the chunk whose residuals are tested
@@ -113,6 +116,20 @@ class CloneSettings(StageSettings):
         flags = [("rescale", self.rescale or None), ("force", self.force or None)]
         return ["clones", *option_words(changed + flags), *paths_after_options(self.inputs)]
 
+    def check(self) -> None:
+        """Refuse option values no measurement can use (the chunk sizes and --ii-k against each network: `check_sources`)."""
+        for size in self.sizes or ():
+            check_int("--sizes", size, 1)
+        check_int("--repeats", self.repeats, 1, MAX_REPEATS)
+        check_int("--acc-repeats", self.acc_repeats, 1, MAX_REPEATS)
+        check_seed(self.seed)
+        check_float("--r2-threshold", self.r2_threshold, 0.0, 1.0)
+        check_int("--ii-points", self.ii_points, 0)
+        check_int("--ii-k", self.ii_k, 1)
+        check_float("--error-inf", self.error_inf, 0.0, 1.0)
+        check_device(self.device)
+        check_threads(self.threads)
+
     def options(self) -> dict[str, Any]:
         """The options that determine the tables' numbers (with error_inf resolved)."""
         return {"sizes": list(self.sizes) if self.sizes else None, "repeats": self.repeats, "acc_repeats": self.acc_repeats,
@@ -128,7 +145,7 @@ class CloneTables:
     clones: pa.Table
     summary: pa.Table
     networks: list[NetworkClones]
-    growth: dict[str, Any]  # critical_width, clones_per_width_slope, growth_status (two or more widths)
+    growth: dict[str, Any]  # critical_width, clones_per_width_slope (two or more widths), growth_status
 
     @property
     def notes(self) -> list[str]:
@@ -164,6 +181,12 @@ def _labelled_blocks(source: ActivationSource, split: str) -> Any:
         start += len(block)
 
 
+def _identity(source: ActivationSource) -> dict[str, Any]:
+    """What a network is (NETWORK_KEYS), as its rows in the tables carry it."""
+    h = source.header
+    return {"source": source.name, "arch": h.arch, "dataset": h.dataset, "width": h.width, "seed": h.seed, "epoch": h.epoch}
+
+
 def _head_readouts(source: ActivationSource, cfg: CloneSettings, chunks: dict[int, np.ndarray],
                    device: Any) -> dict[int, list[accuracy.Readout]]:
     """The trained head restricted to each chunk (with its W / s rescaling), or nothing without a head."""
@@ -174,7 +197,8 @@ def _head_readouts(source: ActivationSource, cfg: CloneSettings, chunks: dict[in
     return {s: [accuracy.Readout(r.coef.to(device), r.intercept.to(device), r.scales)] for s, r in readouts.items()}
 
 
-def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, on_step: OnStep) -> tuple[_Rows, MeasuredNetwork]:
+def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, on_step: OnStep,
+                     task: str) -> tuple[_Rows, MeasuredNetwork]:
     """All per-chunk measurements of one network: two passes over its splits (one more for the residual shape)."""
     import torch
 
@@ -186,17 +210,15 @@ def _measure_network(source: ActivationSource, cfg: CloneSettings, device: Any, 
     reg_chunks = {s: d[: cfg.repeats] for s, d in draws.items()}
     splits = [s for s in ("train", "test") if s in header.splits]  # train first: the probe is fitted on it
     main = "test" if "test" in header.splits else "train"
-    identity = {"source": source.name, "arch": header.arch, "dataset": header.dataset, "width": width,
-                "seed": header.seed, "epoch": header.epoch}
+    identity = _identity(source)
     out = _Rows(identity)
-    task = header.label
     done = 0
     steps = len(splits) + 3  # one pass per split, then R^2, the residual shape, Information Imbalance
 
     def step(status: str) -> None:
         nonlocal done
         done += 1
-        on_step(Progress(task, done, steps, status))
+        on_step(Progress(task, done, steps, status, unit="phase"))
 
     head = _head_readouts(source, cfg, acc_chunks, device)
     probes: dict[int, accuracy.Readout] = {}
@@ -307,18 +329,19 @@ def _solves_and_shape(source: ActivationSource, cfg: CloneSettings, moments: dic
 
 def check_sources(sources: Sequence[ActivationSource], settings: CloneSettings) -> None:
     """Refuse settings that cannot apply to these networks, before any work (one line naming the network)."""
+    settings.check()
     if not sources:
         raise InputError("no activations to measure: give at least one activation file")
     for source in sources:
         too_big = [s for s in settings.sizes or () if s > source.header.width]
         if too_big:
             raise InputError(f"{source.name}: chunk size {too_big[0]} is larger than the layer width W={source.header.width}")
-
-
-def network_order(source: ActivationSource) -> tuple[Any, ...]:
-    """How tables list networks: by data set, architecture, width, seed (then epoch and name), never by file name."""
-    h = source.header
-    return (h.dataset, h.arch, h.width, h.seed, h.epoch, source.name)
+        splits = source.header.splits
+        points = min(settings.ii_points, splits["test" if "test" in splits else "train"])
+        if settings.ii_points > 0 and settings.repeats > 0 and settings.ii_k >= points:
+            raise InputError(f"{source.name}: --ii-k {settings.ii_k} needs more than {settings.ii_k} points, the "
+                             f"Information Imbalance subsample has {points} (--ii-points {settings.ii_points})",
+                             hint="lower --ii-k, or --ii-points 0 to skip the Information Imbalance")
 
 
 def measure_clones(sources: Sequence[ActivationSource], settings: CloneSettings = CloneSettings(),
@@ -343,29 +366,18 @@ def measure_clones(sources: Sequence[ActivationSource], settings: CloneSettings 
     device = pick_device(settings.device)
     columns: dict[str, list[Any]] = {}
     measured = []
-    for source in sorted(sources, key=network_order):
-        rows, network = _measure_network(source, settings, device, on_step)
+    ordered = sorted(sources, key=lambda s: network_order(_identity(s)))
+    labels = network_labels([_identity(s) for s in ordered])
+    for source, label in zip(ordered, labels, strict=True):
+        rows, network = _measure_network(source, settings, device, on_step, f"clones {label}")
         for key, column in rows.columns.items():
             columns.setdefault(key, []).extend(column)
         measured.append(network)
     clones = clones_table(columns)
-    summary = summarize_clones(clones, measured, settings.r2_threshold, settings.error_inf, _error_inf_source(settings))
+    summary = summarize_clones(clones, measured, settings.r2_threshold, settings.error_inf,
+                               error_inf_source(settings.error_inf, settings.ensemble))
     networks, growth = networks_from_summary(summary)
     return CloneTables(clones, summary, networks, growth)
-
-
-def _error_inf_source(settings: CloneSettings) -> str:
-    """Where error_inf came from, for the summary's status: given, or the members of the ensemble table's row."""
-    if settings.error_inf is None:
-        return ""
-    if settings.ensemble is None:
-        return "given (--error-inf)"
-    table, _ = read_table(settings.ensemble, "ensemble", ("kind", "split"))
-    members = [r.get("members") for r in table.to_pylist() if r["kind"] == "error-inf" and r["split"] == "test"]
-    members = [m for m in members if m is not None]
-    if members and max(members) <= 1:
-        return f"from one member only ({settings.ensemble}): the error of one network, not of a large ensemble"
-    return f"ensemble of {max(members)} networks ({settings.ensemble})" if members else f"from {settings.ensemble}"
 
 
 @dataclass(frozen=True)
@@ -387,14 +399,13 @@ class CloneResult:
                 "files": [n.to_json() for n in self.networks], **self.growth, "notes": self.notes}
 
 
-def _existing_stamp(folder: Path) -> Stamp | None:
-    """The stamp both tables in `folder` agree on; None when either is missing, foreign or they disagree."""
+def _table_stamp(path: Path) -> Stamp | None:
+    """The stamp of one of the two tables; None when it is not a mitosis clones table (or damaged)."""
+    reader = read_clones if path.name == CLONES_TABLE else read_clones_summary
     try:
-        stamps = {table_stamp(read_clones(folder / CLONES_TABLE)[1], "clones"),
-                  table_stamp(read_clones_summary(folder / SUMMARY_TABLE)[1], "clones")}
+        return table_stamp(reader(path)[1], "clones")
     except InputError:
         return None
-    return stamps.pop() if len(stamps) == 1 else None
 
 
 def run_clones(settings: CloneSettings, on_step: OnStep = no_progress) -> CloneResult:
@@ -403,6 +414,7 @@ def run_clones(settings: CloneSettings, on_step: OnStep = no_progress) -> CloneR
     The output folder is skipped when it already holds tables of the same inputs and options, and
     refused when it holds other ones (unless `settings.force`).
     """
+    settings.check()
     if settings.error_inf is not None and settings.ensemble is not None:
         raise InputError("give --error-inf or --ensemble, not both")
     sources = [ActivationFile(p) for p in settings.inputs]
@@ -412,11 +424,12 @@ def run_clones(settings: CloneSettings, on_step: OnStep = no_progress) -> CloneR
                 else dataclasses.replace(settings, error_inf=read_error_inf(settings.ensemble)))
     folder = settings.out if settings.out is not None else settings.inputs[0].parent
     targets = (folder / CLONES_TABLE, folder / SUMMARY_TABLE)
-    inputs = input_records([*settings.inputs, *([settings.ensemble] if settings.ensemble else [])])
+    read = [*settings.inputs, *([settings.ensemble] if settings.ensemble else [])]
+    tx = OutputTransaction(files=targets, inputs=tuple(read))
+    inputs = input_records(read)
     wanted = Stamp.of("clones", [i["sha256"] for i in inputs], resolved.options())
-    with output_lock(targets[0]):
-        exists = any(t.exists() for t in targets)
-        if decide(folder / CLONES_TABLE, wanted, _existing_stamp(folder), exists=exists, force=settings.force) is Decision.SKIP:
+    with tx.locked():
+        if tx.decide(wanted, _table_stamp, settings.force) is Decision.SKIP:
             networks, growth = networks_from_summary(read_clones_summary(targets[1])[0])
             return CloneResult(targets, True, networks, growth)
         if settings.threads is not None:
@@ -424,5 +437,6 @@ def run_clones(settings: CloneSettings, on_step: OnStep = no_progress) -> CloneR
         return_freed_memory_to_os()
         tables = measure_clones(sources, resolved, on_step)
         meta = provenance("clones", inputs, resolved.options(), settings.command())
-        written = write_clone_tables(folder, tables.clones, tables.summary, meta)
+        with tx.writing():  # both tables appear together, or neither changes
+            written = write_clone_tables(folder, tables.clones, tables.summary, meta)
     return CloneResult(written, False, tables.networks, tables.growth)

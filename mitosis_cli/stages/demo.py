@@ -1,10 +1,10 @@
 """The demo stage: representation mitosis shown end to end, a sweep with good defaults plus the paper's controls.
 
 A demo plan is a `Grid` (stages/sweep.py): widths with their seeds, and templates for the stages.
-Training runs in parallel worker processes (spawned: one torch thread each, no OpenMP state
-inherited); the analysis runs here, stage by stage; every stage skips what is already current, so a
-second run reuses what is done. The verdict on the paper's claims comes from the tables the pipeline
-wrote (`analysis.claims`). Outputs::
+Training runs one step per width (its seeds trained together as one batched model) in parallel worker
+processes (spawned: no OpenMP state inherited), the largest first; the analysis runs here, stage by
+stage; every stage skips what is already current, so a second run reuses what is done. The verdict on
+the paper's claims comes from the tables the pipeline wrote (`analysis.claims`). Outputs::
 
     OUT/<dataset>/w<W>-s<S>/                 the training runs, shared by every plan
     OUT/<dataset>/<plan>/                    ensemble.parquet, clones/, report/, demo-summary.json
@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from mitosis_cli.analysis.claims import Claim, clone_sizes, critical_width, evaluate_claims, residual_noise
 from mitosis_cli.errors import InputError
+from mitosis_cli.io.activations import network_label
 from mitosis_cli.io.atomic import atomic_path, output_lock
 from mitosis_cli.runtime import StopFlag, default_threads, pick_device
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words
@@ -34,7 +35,7 @@ from mitosis_cli.stages.ensemble import EnsembleSettings
 from mitosis_cli.stages.extract import ExtractSettings
 from mitosis_cli.stages.report import ReportSettings
 from mitosis_cli.stages.sweep import Grid, GridPoint, Step, analysis_steps, plan, run_step
-from mitosis_cli.stages.train import TrainSettings, run_train
+from mitosis_cli.stages.train import TrainSettings, run_train, seed_list
 from mitosis_cli.training.config import TrainConfig
 
 
@@ -159,31 +160,64 @@ def demo_steps(settings: DemoSettings) -> DemoSteps:
                     source = grid.run_dir(GridPoint(point.dataset, point.width, 0))
                     analysis.append(Step("analysis", point.dataset, ExtractSettings(
                         source=source, out=other.acts(point), untrained=True, data_dir=settings.data_dir,
-                        device=settings.device, threads=settings.threads), point))
+                        device=settings.device, threads=settings.threads), (point,)))
             else:
                 train += plan(other, "train")
             analysis += [step for dataset in other.datasets for step in analysis_steps(other, dataset)]
     return DemoSteps(train, analysis, grid, chosen)
 
 
+# A seed costs about this many parameters' worth of work beyond its network's arithmetic: per step, the gather of
+# its batch and the small kernels; per epoch, its checkpoint and history writes. With it, the cost of each of the
+# demo's seven steps is proportional to its measured CPU time within 15 % (docs/results.md, "Run time").
+SEED_OVERHEAD_PARAMETERS = 25_000
+
+
+def training_cost(settings: TrainSettings) -> float:
+    """Relative CPU work of a training step, to order steps by: epochs x seeds x (parameters + seed overhead)."""
+    from mitosis_cli.data import DATASETS  # torch: loaded when the demo trains, not for --help
+    from mitosis_cli.models.registry import count_parameters
+
+    cfg = settings.config.resolved()
+    spec = DATASETS.get(cfg.dataset.partition(":")[0])
+    shape, classes = (spec.input_shape, spec.num_classes) if spec else ((1, 28, 28), 10)
+    return float(cfg.epochs) * max(1, len(settings.seeds)) * (count_parameters(cfg.model_spec, shape, classes)
+                                                             + SEED_OVERHEAD_PARAMETERS)
+
+
 def _train_in_worker(settings: TrainSettings) -> bool:
-    """One training run in a worker process (one torch thread, stopped cleanly by SIGTERM); True when skipped."""
-    return run_train(dataclasses.replace(settings, threads=1), stop=StopFlag()).skipped
+    """One training step in a worker process (its threads set, stopped cleanly by SIGTERM); True when skipped."""
+    return run_train(settings, stop=StopFlag()).skipped
 
 
-def train_all(steps: list[Step], workers: int, on_step: OnStep = no_progress) -> list[bool]:
-    """Run the training steps, on `workers` spawned processes when more than one; the first failure stops them.
+def train_all(steps: list[Step], workers: int, cores: int | None = None, on_step: OnStep = no_progress) -> list[bool]:
+    """Run the training steps, on up to `workers` spawned processes; the first failure stops them.
 
+    The steps start largest first (`training_cost`), so that the long ones do not start last. With fewer
+    steps than `workers`, each process gets more of the `cores` (default: `workers`) as torch threads.
     Returns each step's `skipped` (the run was already finished), in the order of `steps`.
     """
     skipped: dict[int, bool] = {}
+    workers = max(1, min(workers, len(steps)))
+
+    def report(index: int) -> None:
+        settings = steps[index].settings
+        assert isinstance(settings, TrainSettings)  # the training steps of a plan
+        config = settings.config.resolved()
+        seeds = f"s{seed_list(settings.seeds)}" if settings.seeds else f"s{config.seed}"
+        name = f"{network_label(config.model_spec.family, config.width, dataset=config.dataset)} {seeds}"
+        unit = "step" if settings.seeds else "run"
+        on_step(Progress("train", len(skipped), len(steps), f"{name} {'was' if skipped[index] else 'now'} trained", unit=unit))
+
     if workers == 1:
         for index, step in enumerate(steps):
             skipped[index] = run_step(step).skipped
-            on_step(Progress("train", len(skipped), len(steps), step.point.name if step.point else ""))
+            report(index)
         return [skipped[i] for i in range(len(steps))]
+    threads = max(1, (cores or workers) // workers)
+    order = sorted(range(len(steps)), key=lambda i: -training_cost(steps[i].settings))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_train_in_worker, step.settings): index for index, step in enumerate(steps)}
+        futures = {pool.submit(_train_in_worker, dataclasses.replace(steps[i].settings, threads=threads)): i for i in order}
         for future in as_completed(futures):
             try:
                 skipped[futures[future]] = future.result()
@@ -191,7 +225,7 @@ def train_all(steps: list[Step], workers: int, on_step: OnStep = no_progress) ->
                 for other in futures:
                     other.cancel()
                 raise
-            on_step(Progress("train", len(skipped), len(steps), f"{workers} workers"))
+            report(futures[future])
     return [skipped[i] for i in range(len(steps))]
 
 
@@ -240,8 +274,9 @@ def run_demo(settings: DemoSettings, on_step: OnStep = no_progress,
     """`mitosis demo`: train, measure, report, and judge the paper's claims (see `analysis.claims`)."""
     steps = demo_steps(settings)
     grid = steps.grid
-    workers = 1 if pick_device(settings.device).type == "cuda" else (settings.jobs or default_threads())
-    skipped = train_all(steps.train, workers, on_step)
+    cores = settings.threads or default_threads()
+    workers = 1 if pick_device(settings.device).type == "cuda" else (settings.jobs or cores)
+    skipped = train_all(steps.train, workers, cores, on_step)
     for number, step in enumerate(steps.analysis, 1):
         if on_start is not None:
             on_start(number, len(steps.analysis), step)

@@ -17,13 +17,15 @@ import pyarrow as pa
 
 from mitosis_cli.analysis import ensembles as ens
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.activations import ActivationFile, ActivationSource
-from mitosis_cli.io.atomic import output_lock
+from mitosis_cli.io.activations import ActivationFile, ActivationSource, check_logits
 from mitosis_cli.io.ensemble_tables import EnsembleRows, read_ensemble_table, write_ensemble_table
-from mitosis_cli.io.stamp import Decision, Stamp, decide
+from mitosis_cli.io.stamp import Decision, Stamp
 from mitosis_cli.io.tables import input_records, provenance, table_stamp
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
+from mitosis_cli.stages.checks import MAX_REPEATS, check_float, check_int, check_seed
+from mitosis_cli.stages.transaction import OutputTransaction
 
+ROUGH_ERROR_INF_MEMBERS = 4  # error_inf from fewer members is still far from the infinite-ensemble limit
 # Stream tags keep the random draws of ensembles and of chunks independent of each other and of other options.
 _ENSEMBLE_STREAM, _CHUNK_STREAM = 0, 1
 
@@ -83,10 +85,13 @@ class EnsembleSettings(StageSettings):
         """Refuse option values no ensemble can use."""
         if self.combine not in ens.COMBINES:
             raise InputError(f"--combine {self.combine!r}: choose {' or '.join(ens.COMBINES)}")
-        if self.params_per_width is not None and not self.params_per_width > 0:
-            raise InputError(f"--params-per-width must be positive, got {self.params_per_width:g}")
-        if self.repeats < 1:
-            raise InputError(f"--repeats must be at least 1, got {self.repeats}")
+        check_float("--params-per-width", self.params_per_width, above=0.0)
+        check_int("--repeats", self.repeats, 1, MAX_REPEATS)
+        check_seed(self.seed)
+        for members in self.members or ():
+            check_int("--members", members, 1)
+        for size in self.chunk_sizes or ():
+            check_int("--chunk-size", size, 1)
 
 
 @dataclass(frozen=True)
@@ -167,11 +172,11 @@ def _member_params(source: ActivationSource, params_per_width: float | None) -> 
     from mitosis_cli.models.registry import count_parameters
     from mitosis_cli.models.spec import DEFAULT_ENDING, ModelSpec
 
-    ending = cfg.get("ending") or DEFAULT_ENDING.get(cfg["arch"], "relu")
-    spec = ModelSpec(cfg["arch"], int(cfg["width"]), int(cfg["depth"]), ending)
-    try:
+    try:  # the files' config is free-form: a value of another type means the count is unknown, as a missing one does
+        ending = cfg.get("ending") or DEFAULT_ENDING.get(cfg["arch"], "relu")
+        spec = ModelSpec(cfg["arch"], int(cfg["width"]), int(cfg["depth"]), ending)
         return float(count_parameters(spec, dataset_input_shape(str(cfg["dataset"])), header.num_classes))
-    except InputError:
+    except (InputError, ValueError, TypeError, KeyError):
         return None
 
 
@@ -189,6 +194,8 @@ def check_members(sources: Sequence[ActivationSource], settings: EnsembleSetting
     if len(sources) < 2:
         raise InputError(f"an ensemble needs at least 2 activation files (networks trained with different seeds), "
                          f"got {len(sources)}")
+    for source in sources:  # imported features may come without a head and logits: members are their logits
+        check_logits(source)
     widths = [source.header.width for source in sources]
     if max(widths.count(w) for w in set(widths)) < 2:
         raise InputError("every width has a single network: an ensemble needs at least 2 seeds of one width",
@@ -248,7 +255,7 @@ def measure_ensemble(sources: Sequence[ActivationSource], settings: EnsembleSett
             error = ens.classification_metrics(log_p, found.labels["test"])["error"]
             rows.add("error-inf", width, len(pool), 0, "test", {"error": error})
         done += 1
-        on_step(Progress("ensemble", done, total, f"width {width}"))
+        on_step(Progress("ensemble", done, total, f"ensembles of width {width} ({len(pool)} networks)", unit="step"))
     if "test" not in found.logits:
         notes.append("error-inf not written: the inputs have no test split")
     for position, member in enumerate(pools[widest]):
@@ -265,7 +272,7 @@ def measure_ensemble(sources: Sequence[ActivationSource], settings: EnsembleSett
                     for count, values in by_count.items():
                         rows.add("chunk-average", chunk, count, position * repeats + draw, split, values)
         done += 1
-        on_step(Progress("ensemble", done, total, f"chunks of {Path(source.name).name}"))
+        on_step(Progress("ensemble", done, total, f"chunks of {source.header.label}", unit="step"))
     return EnsembleTable(rows.to_table(), notes)
 
 
@@ -309,7 +316,25 @@ def summarise_ensemble(table: pa.Table) -> dict[str, Any]:
         internal.append({"chunk_size": chunk, "chunks": count, "one_chunk_error": mean("chunk-average", width=chunk, members=1),
                          "error": mean("chunk-average", width=chunk, members=count),
                          "networks_error": next((e for e in networks_error if e is not None), None)})
-    return {"split": split, "error_inf": mean("error-inf"), "widths": widths, "comparisons": comparisons, "internal": internal}
+    return {"split": split, **_error_inf(cols), "widths": widths, "comparisons": comparisons, "internal": internal}
+
+
+def _error_inf(cols: dict[str, np.ndarray]) -> dict[str, Any]:
+    """error_inf (the test error of the largest ensemble of the widest networks) with what it rests on and its status:
+    ``ok``, ``rough: ...`` (an ensemble of two or three networks) or ``undetermined: ...`` (one network, no test split)."""
+    rows = (cols["kind"] == "error-inf") & (cols["split"] == "test") & (cols["metric"] == "error")
+    if not rows.any():
+        return {"error_inf": None, "error_inf_width": None, "error_inf_members": 0,
+                "error_inf_status": "undetermined: no test split, or no error-inf row in the table"}
+    value, width, members = (float(cols["value"][rows][0]), int(cols["width"][rows][0]), int(cols["members"][rows][0]))
+    if members < 2:
+        status = (f"undetermined: a single network of width {width}, not an ensemble (train more seeds of the widest "
+                  "width)")
+    elif members < ROUGH_ERROR_INF_MEMBERS:
+        status = f"rough: an ensemble of only {members} networks of width {width}"
+    else:
+        status = "ok"
+    return {"error_inf": value, "error_inf_width": width, "error_inf_members": members, "error_inf_status": status}
 
 
 @dataclass(frozen=True)
@@ -327,19 +352,24 @@ class EnsembleResult:
         return {"output": str(self.output), "skipped": self.skipped, "rows": self.rows, "notes": self.notes, **self.summary}
 
 
+def _table_stamp(path: Path) -> Stamp | None:
+    """The stamp of the ensemble table at `path`; None when it is not one (or damaged)."""
+    try:
+        return table_stamp(read_ensemble_table(path)[1], "ensemble")
+    except InputError:
+        return None
+
+
 def run_ensemble(settings: EnsembleSettings, on_step: OnStep = no_progress) -> EnsembleResult:
     """`mitosis ensemble`: measure the input files and write the ensemble table (skip or refuse by its stamp)."""
     settings.check()
     sources = [ActivationFile(p) for p in settings.inputs]  # a missing or malformed file fails here, before hashing
     check_members(sources, settings)
+    tx = OutputTransaction(files=(settings.out,), inputs=settings.inputs)
     inputs = input_records(settings.inputs)
     wanted = Stamp.of("ensemble", [i["sha256"] for i in inputs], settings.options())
-    with output_lock(settings.out):
-        try:
-            found = table_stamp(read_ensemble_table(settings.out)[1], "ensemble")
-        except InputError:
-            found = None
-        decision = decide(settings.out, wanted, found, exists=settings.out.exists(), force=settings.force)
+    with tx.locked():
+        decision = tx.decide(wanted, _table_stamp, settings.force)
         notes: list[str] = []
         described = ""
         if decision is Decision.WRITE:

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from mitosis_cli.errors import InputError
-from mitosis_cli.io.atomic import output_lock, staged_folder
-from mitosis_cli.io.stamp import Decision, Stamp, decide
+from mitosis_cli.io.atomic import staged_folder
+from mitosis_cli.io.stamp import Decision, Stamp
 from mitosis_cli.stages.base import OnStep, Progress, StageSettings, no_progress, option_words, paths_after_options
+from mitosis_cli.stages.transaction import OutputTransaction
 
 STAMP_FILE = ".mitosis-report.json"
 DEFAULT_TITLE = "Representation mitosis report"
@@ -35,6 +36,11 @@ class ReportSettings(StageSettings):
         title = None if self.title == DEFAULT_TITLE else self.title
         words = option_words([("out", self.out), ("title", title), ("force", self.force or None)])
         return ["report", *words, *paths_after_options(self.tables)]
+
+    def check(self) -> None:
+        """Refuse option values no report can use."""
+        if not isinstance(self.title, str):
+            raise InputError(f"--title must be text, got {self.title!r}")
 
 
 @dataclass
@@ -68,32 +74,27 @@ def _read_stamp(out: Path) -> tuple[Stamp | None, dict[str, Any]]:
     return (stamp, content) if all(p.is_file() for p in files) else (None, {})
 
 
-def _exists(out: Path) -> bool:
-    """Whether anything is at `out` (an empty folder counts as nothing: the report may be written into it)."""
-    return out.exists() and not (out.is_dir() and not any(out.iterdir()))
-
-
 def run_report(settings: ReportSettings, on_step: OnStep = no_progress) -> ReportResult:
     """`mitosis report`: read the tables, draw every figure they support, write the report folder."""
     from mitosis_cli.report.build import write_report_files  # matplotlib is heavy: load it only for a report
     from mitosis_cli.report.inputs import load_inputs
 
+    settings.check()
     inputs = load_inputs(list(settings.tables))
     out = settings.out
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a directory", hint="choose another --out")
+    tx = OutputTransaction(folders=(out,), inputs=(*(f.path for f in inputs.files), *(path for path, _ in inputs.ignored)))
     wanted = Stamp.of("report", [f.sha256 for f in inputs.files], {"title": settings.title})
     input_list = [{"path": str(f.path), "kind": f.kind, "rows": f.rows, "sha256": f.sha256} for f in inputs.files]
-    with output_lock(out):
-        found, previous = _read_stamp(out)
-        if decide(out, wanted, found, exists=_exists(out), force=settings.force) is Decision.SKIP:
+    with tx.locked():
+        if tx.decide(wanted, lambda folder: _read_stamp(folder)[0], settings.force) is Decision.SKIP:
+            previous = _read_stamp(out)[1]
             return ReportResult(out, True, previous["figures"], input_list, previous.get("notes", []))
         done = 0
 
         def on_figure(name: str) -> None:
             nonlocal done
             done += 1
-            on_step(Progress("report", done, 0, f"figure {name}"))
+            on_step(Progress("report", done, 0, name, unit="figure"))
 
         with staged_folder(out) as folder:
             listed, notes = write_report_files(inputs, folder, settings.title, on_figure)
@@ -101,4 +102,3 @@ def run_report(settings: ReportSettings, on_step: OnStep = no_progress) -> Repor
             (folder / STAMP_FILE).write_text(json.dumps({"stamp": stamp, "figures": listed, "notes": notes},
                                                         indent=1, sort_keys=True))
     return ReportResult(out, False, listed, input_list, notes)
-

@@ -1,4 +1,5 @@
-"""SLURM job scripts for a sweep: a job array with one task per grid point, and the analysis after it.
+"""SLURM job scripts for a sweep: a job array with one task per training step (a data set and width, its seeds
+trained together), and the analysis after it.
 
 The array task runs its command in the background and forwards SIGTERM/SIGINT to it (sbatch
 --signal=B:TERM@120 signals the batch shell before the time limit), so training checkpoints and exits
@@ -15,6 +16,7 @@ from pathlib import Path
 from mitosis_cli.errors import PREEMPTED_EXIT_CODE, InputError
 from mitosis_cli.io.atomic import atomic_path
 from mitosis_cli.stages.sweep import Grid, plan
+from mitosis_cli.stages.transaction import OutputTransaction
 
 
 def shell_word(path: str | Path) -> str:
@@ -38,7 +40,7 @@ def sbatch_word(text: str) -> str:
 class SlurmScripts:
     """The two job scripts of a SLURM sweep and the command that submits them."""
 
-    array: str  # one array task per grid point
+    array: str  # one array task per training step
     analysis: str  # the per-data-set stages, to run after every array task succeeded
     submit: str  # shell line: submit the array, then the analysis with afterok on it
 
@@ -58,7 +60,7 @@ def slurm_scripts(
     grid: Grid, array_path: Path, analysis_path: Path, *, throttle: int | None = None,
     sbatch: Sequence[str] = (), setup: Sequence[str] = (),
 ) -> SlurmScripts:
-    """A job-array script (task i = grid point i) and a dependent analysis script.
+    """A job-array script (task i = training step i of `plan`) and a dependent analysis script.
 
     The array task runs its command in the background and forwards SIGTERM/SIGINT to it (sbatch
     --signal=B:TERM@120 signals the batch shell before the time limit), so training checkpoints and exits
@@ -73,15 +75,15 @@ def slurm_scripts(
         "mitosis-sweep",
         [f"--array={array}", f"--output={log_pattern}", "--open-mode=append", "--requeue", "--signal=B:TERM@120"],
         sbatch, setup,
-        f"mitosis sweep: {len(steps)} training runs, one per array task; afterwards the analysis script "
+        f"mitosis sweep: {len(steps)} training commands, one per array task; afterwards the analysis script "
         "(sbatch --dependency=afterok:<job id of this array>).",
     )
-    array_lines += ["", "# One quoted command per grid point; eval reads each back as exactly its words.", "commands=("]
+    array_lines += ["", "# One quoted command per training step; eval reads each back as exactly its words.", "commands=("]
     array_lines += [f"  {shlex.quote(step.shell())}" for step in steps]
     array_lines += [
         ")",
         'task="${SLURM_ARRAY_TASK_ID:?submit this script with sbatch: it is a job array}"',
-        'command="${commands[$task]:?no grid point for array task $task}"',
+        'command="${commands[$task]:?no training step for array task $task}"',
         'echo "mitosis sweep task $task: $command" >&2',
         'eval "exec $command" &  # exec: $! is the mitosis process itself, so the signal reaches it',
         "child=$!",
@@ -123,16 +125,21 @@ class SlurmResult:
 
 
 def write_slurm_scripts(grid: Grid, array_path: Path, *, throttle: int | None = None, sbatch: Sequence[str] = (),
-                        setup: Sequence[str] = ()) -> SlurmResult:
-    """Write the array script to `array_path` and NAME-analysis.EXT beside it (both executable), and
-    create OUT/logs, which SLURM does not create."""
+                        setup: Sequence[str] = (), inputs: Sequence[Path] = ()) -> SlurmResult:
+    """Write the array script to `array_path` and NAME-analysis.EXT beside it (both executable, appearing
+    together), and create OUT/logs, which SLURM does not create. `inputs` (the grid file) are never overwritten."""
     analysis_path = array_path.with_name(f"{array_path.stem}-analysis{array_path.suffix}")
     scripts = slurm_scripts(grid, array_path, analysis_path, throttle=throttle, sbatch=sbatch, setup=setup)
-    try:
-        (grid.out / "logs").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create {grid.out / 'logs'}: {err.strerror or err}") from None
-    for path, text in ((array_path, scripts.array), (analysis_path, scripts.analysis)):
-        with atomic_path(path, mode=0o777) as tmp:
-            tmp.write_text(text)
-    return SlurmResult(array_path, analysis_path, len(grid.points()), scripts.submit)
+    for step in plan(grid, "all"):
+        step.settings.check()
+    tx = OutputTransaction(files=(array_path, analysis_path), inputs=tuple(inputs))
+    with tx.locked():
+        try:
+            (grid.out / "logs").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create {grid.out / 'logs'}: {err.strerror or err}") from None
+        with tx.writing():
+            for path, text in ((array_path, scripts.array), (analysis_path, scripts.analysis)):
+                with atomic_path(path, mode=0o777) as tmp:
+                    tmp.write_text(text)
+    return SlurmResult(array_path, analysis_path, len(plan(grid, "train")), scripts.submit)

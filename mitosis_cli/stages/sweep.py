@@ -3,7 +3,9 @@
 `plan` expands a `Grid` into `Step`s, each a stage's settings (`TrainSettings`, `EnsembleSettings`,
 `CloneSettings`, `ReportSettings`, or `ExtractSettings` for the demo's controls); `run_steps` runs
 them here by calling the stages; `Step.shell` is the same step as one quoted `mitosis` command line
-(for `--print` and the SLURM scripts in `stages.slurm`). The demo is a sweep with its own defaults.
+(for `--dry-run` and the SLURM scripts in `stages.slurm`). The demo is a sweep with its own defaults.
+The seeds of a width train together, as one batched model (`mitosis train --seeds`): one training
+step per data set and width.
 
 Layout of a sweep folder OUT::
 
@@ -24,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mitosis_cli.errors import InputError, exit_code
+from mitosis_cli.errors import InputError, Preempted, exit_code
+from mitosis_cli.io.paths import input_file
 from mitosis_cli.stages.base import OnStep, StageSettings, no_progress
 from mitosis_cli.stages.clones import CloneSettings, run_clones
 from mitosis_cli.stages.ensemble import EnsembleSettings, run_ensemble
 from mitosis_cli.stages.extract import run_extract
 from mitosis_cli.stages.report import DEFAULT_TITLE, ReportSettings, run_report
-from mitosis_cli.stages.train import TrainSettings, run_train
+from mitosis_cli.stages.train import SEED_FIELD, TrainSettings, run_train, seed_list
 
 STAGES = ("train", "clones", "ensemble", "report")  # the stages a grid file may hold options for
 ANALYSIS = ("ensemble", "clones", "report")  # per data set, in this order: clones reads error_inf from ensemble
@@ -109,32 +112,52 @@ class Grid:
 
 @dataclass(frozen=True)
 class Step:
-    """One stage run of the sweep: its settings, and where it sits in the grid."""
+    """One stage run of the sweep: its settings, and the grid points it trains or reads alone."""
 
-    phase: str  # "train" (one per grid point, independent) or "analysis" (per data set, after all training)
+    phase: str  # "train" (one per data set and width, independent) or "analysis" (per data set, after all training)
     dataset: str
     settings: StageSettings
-    point: GridPoint | None = None
+    points: tuple[GridPoint, ...] = ()
 
     @property
     def stage(self) -> str:
         return self.settings.stage
+
+    @property
+    def name(self) -> str:
+        """The grid points as a run name: w16-s0, or w16-s0-15 for seeds trained together."""
+        if not self.points:
+            return ""
+        return f"w{self.points[0].width}-s{seed_list(tuple(p.seed for p in self.points))}"
 
     def shell(self) -> str:
         """The step as one line of shell text, every word quoted."""
         return self.settings.command()
 
     def describe(self) -> dict[str, Any]:
+        seeds = [p.seed for p in self.points]
         return {"phase": self.phase, "stage": self.stage, "dataset": self.dataset,
-                "width": self.point.width if self.point else None, "seed": self.point.seed if self.point else None,
-                "argv": ["mitosis", *self.settings.to_argv()], "command": self.shell()}
+                "width": self.points[0].width if self.points else None, "seed": seeds[0] if len(seeds) == 1 else None,
+                "seeds": seeds, "argv": ["mitosis", *self.settings.to_argv()], "command": self.shell()}
 
 
-def train_step(grid: Grid, point: GridPoint) -> Step:
-    """Training of one grid point; `resume` continues an interrupted run and skips a finished one."""
-    config = dataclasses.replace(grid.train.config, dataset=point.dataset, width=point.width, seed=point.seed)
-    settings = dataclasses.replace(grid.train, config=config, out=grid.run_dir(point), acts=grid.acts(point), resume=True)
-    return Step("train", point.dataset, settings, point)
+def train_step(grid: Grid, dataset: str, width: int) -> Step:
+    """Training of every seed of `width` on `dataset`: one run, or the seeds together (`--seeds`) when several.
+
+    `resume` continues interrupted runs and skips finished ones.
+    """
+    seeds = tuple(sorted(set(grid.seeds[width])))
+    points = tuple(GridPoint(dataset, width, seed) for seed in seeds)
+    if len(points) == 1:
+        config = dataclasses.replace(grid.train.config, dataset=dataset, width=width, seed=seeds[0])
+        settings = dataclasses.replace(grid.train, config=config, out=grid.run_dir(points[0]), acts=grid.acts(points[0]),
+                                       resume=True)
+    else:  # the seed in each path is filled in per seed (TrainSettings.for_seed gives grid.run_dir of each point)
+        config = dataclasses.replace(grid.train.config, dataset=dataset, width=width)
+        run_dir = grid.out / dataset / f"w{width}-s{SEED_FIELD}"
+        settings = dataclasses.replace(grid.train, config=config, seeds=seeds, out=run_dir, acts=run_dir / "acts.h5",
+                                       resume=True)
+    return Step("train", dataset, settings, points)
 
 
 def analysis_steps(grid: Grid, dataset: str) -> list[Step]:
@@ -166,12 +189,13 @@ def analysis_steps(grid: Grid, dataset: str) -> list[Step]:
 
 
 def plan(grid: Grid, phase: str = "all") -> list[Step]:
-    """Every step of the sweep: the independent training runs first, then each data set's analysis."""
+    """Every step of the sweep: the independent training steps first (one per data set and width), then each
+    data set's analysis."""
     if phase not in PHASES:
         raise InputError(f"--phase {phase!r}: choose from {', '.join(PHASES)}")
     steps: list[Step] = []
     if phase in ("all", "train"):
-        steps += [train_step(grid, p) for p in grid.points()]
+        steps += [train_step(grid, dataset, width) for dataset in grid.datasets for width in grid.widths]
     if phase in ("all", "analysis"):
         for dataset in grid.datasets:
             steps += analysis_steps(grid, dataset)
@@ -203,7 +227,13 @@ class SweepRun:
 
 def run_steps(steps: list[Step], on_start: Callable[[int, int, Step], None] | None = None,
               on_step: OnStep = no_progress) -> SweepRun:
-    """Run the steps here, in order; stop at the first failure and keep its error (the caller re-raises it)."""
+    """Run the steps here, in order; stop at the first failure and keep its error (the caller re-raises it).
+
+    Every step's settings are checked first (`StageSettings.check`), so an option out of range stops the
+    sweep before its first step writes anything.
+    """
+    for step in steps:
+        step.settings.check()
     run = SweepRun()
     for number, step in enumerate(steps, 1):
         if on_start is not None:
@@ -212,7 +242,7 @@ def run_steps(steps: list[Step], on_start: Callable[[int, int, Step], None] | No
         skipped = None
         try:
             skipped = run_step(step, on_step).skipped
-        except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - recorded with its exit code, re-raised by the caller
+        except (Exception, KeyboardInterrupt, Preempted) as err:  # noqa: BLE001 - recorded with its exit code, re-raised by the caller
             run.error = err
         run.records.append({**step.describe(), "exit_code": run.exit_code, "skipped": skipped,
                             "seconds": round(time.perf_counter() - started, 3)})
@@ -231,7 +261,9 @@ def check_dataset_name(name: str) -> str:
 def load_grid_file(path: Path) -> dict[str, Any]:
     """Read a TOML (.toml) or JSON grid file into a dict, checking its keys and stage tables."""
     try:
-        raw = path.read_bytes()
+        raw = input_file(path, "a grid file (.toml or .json)").read_bytes()
+    except InputError as err:
+        raise InputError(f"cannot read the grid file: {err}") from None
     except OSError as err:
         raise InputError(f"{path}: cannot read the grid file: {err.strerror or err}") from None
     is_toml = path.suffix.lower() == ".toml"

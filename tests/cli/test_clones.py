@@ -212,3 +212,57 @@ def test_a_file_without_a_head_is_measured_without_what_needs_it(acts_factory, c
     summary, _ = read_clones_summary(path.parent / "clones-summary.parquet")
     assert _rows(summary, metric="skipped_metrics")["status"][0].as_py().startswith("chunk_accuracy, chunk_error")
     assert _rows(summary, metric="regime")["status"][0].as_py() in REGIMES
+
+
+def test_networks_are_named_by_what_they_are_in_width_order(tmp_path: Path, capsys) -> None:
+    """Two networks in two folders, both files named acts.h5, given wide first: two labels, narrow first."""
+    from tests.conftest import write_planted_acts
+
+    for folder, width in (("a", 64), ("b", 32)):
+        (tmp_path / folder).mkdir()
+        write_planted_acts(tmp_path / folder / "acts.h5", n=200, width=width, clone_size=4, seed=1, arch="mlp-2-relu")
+    files = [str(tmp_path / "a" / "acts.h5"), str(tmp_path / "b" / "acts.h5")]
+    assert main(["clones", *files, *FAST[:-1], "--ii-points", "0", "-o", str(tmp_path / "out"), "--json"]) == 0
+    captured = capsys.readouterr()
+    listed = json.loads(captured.out)["files"]
+    assert [(f["label"], f["source"]) for f in listed] == [("mlp-2-relu w32 s1 e0", files[1]), ("mlp-2-relu w64 s1 e0", files[0])]
+    table = captured.err.split("mitosis clones", 1)[1]
+    assert table.index("mlp-2-relu w32 s1 e0") < table.index("mlp-2-relu w64 s1 e0") and "acts.h5 " not in table
+
+    # the same network in two folders: the label says which file is which
+    (tmp_path / "c").mkdir()
+    copy = tmp_path / "c" / "acts.h5"
+    copy.write_bytes((tmp_path / "b" / "acts.h5").read_bytes())
+    assert main(["clones", files[1], str(copy), *FAST, "--ii-points", "0", "-o", str(tmp_path / "out2"), "--json"]) == 0
+    labels = [f["label"] for f in json.loads(capsys.readouterr().out)["files"]]
+    assert labels[0] != labels[1] and all(label.startswith("mlp-2-relu w32 s1 e0 (") for label in labels)
+
+
+def test_progress_lines_name_each_network(acts_factory, tmp_path: Path, capsys) -> None:
+    paths = [str(acts_factory(name=f"w{w}.h5", n=100, width=w, clone_size=4)) for w in (16, 8)]
+    assert main(["clones", *paths, *FAST[:-1], "--ii-points", "0", "--progress", "lines", "-o", str(tmp_path / "o")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if " phase " in line]
+    networks = [line.split(" phase ")[0].split(" ", 2)[2] for line in lines[::5]]
+    assert networks == ["clones planted w8 s0 e0", "clones planted w16 s0 e0"]  # measured in the tables' order
+    assert [line.split(" phase ")[1].split(" ")[0] for line in lines[:5]] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+
+
+def test_tables_with_an_excess_error_fit_are_not_replaced_silently(acts_factory, tmp_path: Path, capsys) -> None:
+    path = acts_factory(n=200, width=16, clone_size=4)
+    out = ["-o", str(tmp_path / "results")]
+    assert main(["clones", str(path), *FAST, "--ii-points", "0", "--error-inf", "0.02", *out]) == 0
+    fitted, _ = read_clones_summary(tmp_path / "results" / "clones-summary.parquet")
+    assert len(_rows(fitted, metric="excess_error_c")) == 1
+    assert main(["clones", str(path), *FAST, "--ii-points", "0", *out]) == 2  # without the fit: refused, one line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "other options (error_inf)" in err[0] and "--force" in err[1], err
+    assert read_clones_summary(tmp_path / "results" / "clones-summary.parquet")[0].equals(fitted)
+    assert main(["clones", str(path), *FAST, "--ii-points", "0", *out, "--force"]) == 0  # replaced only when asked
+    assert not len(_rows(read_clones_summary(tmp_path / "results" / "clones-summary.parquet")[0], metric="excess_error_c"))
+
+
+def test_growth_of_two_widths_is_printed_with_its_caveat(acts_factory, tmp_path: Path, capsys) -> None:
+    paths = [str(acts_factory(name=f"w{w}.h5", n=200, width=w, clone_size=4)) for w in (16, 32)]
+    assert main(["clones", *paths, *FAST[:-1], "--ii-points", "0", "-o", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "undetermined" in err and "clones grow above" not in err

@@ -51,14 +51,16 @@ def test_quick_demo_summary_matches_its_tables(tmp_path: Path, capsys: pytest.Ca
     # a second run reuses everything
     assert main(["demo", "--quick", "-o", str(out), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert [s["stage"] for s in again["steps"]] == ["train"] * 8 + ["ensemble", "clones", "report"]
+    assert [s["stage"] for s in again["steps"]] == ["train"] * len(plan.seeds) + ["ensemble", "clones", "report"]
     assert all(step["skipped"] for step in again["steps"])
 
 
 def test_dry_run_prints_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--preset", "wrn28-cifar10", "--data-dir", "/data/cifar", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    runs = sum(len(seeds) for seeds in PLANS["wrn28-cifar10"].seeds.values())
-    assert len([line for line in lines if line.startswith("mitosis train")]) == runs
+    widths = PLANS["wrn28-cifar10"].seeds
+    train = [line for line in lines if line.startswith("mitosis train")]
+    assert len(train) == len(widths)  # one per width, its seeds trained together
+    assert all("--seeds=" in line for line in train) and "--seeds=0-9" in train[0]
     assert lines[-1].startswith("mitosis report")
     assert main(["demo", "--preset", "resnet-imagenet"]) == 2

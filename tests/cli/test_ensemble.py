@@ -217,3 +217,19 @@ def test_console_script(hand_members: list[Path], tmp_path: Path) -> None:
     report = json.loads(good.stdout)
     assert report["output"] == "ensemble.parquet" and (tmp_path / "ensemble.parquet").is_file()
     assert report["error_inf"] == pytest.approx(read_error_inf(tmp_path / "ensemble.parquet"))
+
+
+@pytest.mark.parametrize("widest, status", [(1, "undetermined: a single network of width 8"),
+                                            (3, "rough: an ensemble of only 3 networks of width 8"), (4, "ok")])
+def test_error_inf_says_what_it_rests_on(tmp_path: Path, capsys: pytest.CaptureFixture[str], widest: int, status: str) -> None:
+    rng = np.random.default_rng(1)
+    labels = {"test": rng.integers(0, 3, 6)}
+    paths = [write_member(tmp_path / f"w{w}-s{s}.h5", {"test": rng.standard_normal((6, 3))}, labels, seed=s, width=w)
+             for w, seeds in ((4, 2), (8, widest)) for s in range(seeds)]
+    assert main(["ensemble", *map(str, paths), "-o", str(tmp_path / "e.parquet"), "--repeats", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["error_inf_status"].startswith(status) and report["error_inf_members"] == widest
+    assert report["error_inf"] == pytest.approx(read_error_inf(tmp_path / "e.parquet"))
+    line = next(line for line in captured.err.splitlines() if line.startswith("error_inf"))
+    assert f"ensemble of {widest} networks of width 8" in line and (status in line) == (status != "ok")

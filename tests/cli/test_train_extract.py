@@ -46,6 +46,20 @@ def test_train_to_zero_error_then_extract(tmp_path: Path, capsys: pytest.Capture
         np.testing.assert_array_equal(f["train/features"][...], feats)
 
 
+def test_seeds_train_together_into_one_folder_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "w24"
+    assert main(["train", *QUICK, "--epochs", "2", "--seeds", "0-2", "-o", str(base), "--acts", f"{base}-s{{seed}}/acts.h5",
+                 "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert [r["run_dir"] for r in runs] == [f"{base}-s{seed}" for seed in range(3)]
+    for seed in range(3):
+        with h5py.File(tmp_path / f"w24-s{seed}" / "acts.h5") as f:
+            assert (f.attrs["seed"], f.attrs["width"]) == (seed, 24)
+    # each folder is a single run's: training that seed alone finds it done
+    assert main(["train", *QUICK, "--epochs", "2", "--seed", "1", "-o", str(tmp_path / "w24-s1"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"]
+
+
 def test_untrained_and_noise_controls(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert main(["train", *QUICK, "--epochs", "2", "--save-epochs", "0,1", "-o", str(run)]) == 0

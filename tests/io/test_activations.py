@@ -66,3 +66,15 @@ def test_not_hdf5(tmp_path: Path) -> None:
         ActivationFile(bad)
     with pytest.raises(InputError, match="no such file"):
         ActivationFile(tmp_path / "missing.h5")
+
+
+def test_network_labels_add_the_data_set_and_the_source_only_when_needed() -> None:
+    from mitosis_cli.io.activations import network_labels
+
+    one = {"arch": "mlp-2-relu", "width": 64, "seed": 0, "epoch": 100, "dataset": "mnist5k", "source": "a/acts.h5"}
+    other = {**one, "width": 32, "seed": None, "epoch": float("nan"), "source": "b/acts.h5"}  # unknown seed, epoch
+    assert network_labels([one, other]) == ["mlp-2-relu w64 s0 e100", "mlp-2-relu w32"]
+    assert network_labels([one, {**one, "dataset": "cifar10"}]) == ["mnist5k mlp-2-relu w64 s0 e100",
+                                                                   "cifar10 mlp-2-relu w64 s0 e100"]
+    assert network_labels([one, {**one, "source": "c/acts.h5"}]) == ["mlp-2-relu w64 s0 e100 (a/acts.h5)",
+                                                                    "mlp-2-relu w64 s0 e100 (c/acts.h5)"]

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from ..conftest import write_planted_acts
 
 MITOSIS = Path(sys.executable).with_name("mitosis")
 FAULTINJECT = Path(__file__).with_name("faultinject")
+REPO = Path(__file__).resolve().parents[2]
+# PYTHONPATH of a watched child: the fault-injection hook, then this checkout (the code under test, also where
+# the console script was installed from another checkout)
+FAULTINJECT_PATH = os.pathsep.join([str(FAULTINJECT), str(REPO)])
 # Tiny settings: a run is a few seconds, so the suite stays within its time budget on 2 shared cores.
 # The generated data set (no CSV to parse) keeps a child's work well under a second beside its torch import.
 TINY_DATA = "synthetic:n=200,test=100,d=32,latent=4,classes=4,seed=0"
@@ -122,6 +127,30 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file below `folder` (hidden ones too) with its size and mtime: to prove nothing was written."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@contextmanager
+def watchdog(fifo: Path | None, seconds: float = 30.0) -> Iterator[dict[str, bool]]:
+    """Unblock a read hung on `fifo` after `seconds` (by opening its other end) and report that it hung."""
+    state = {"hung": False}
+    done = threading.Event()
+
+    def unblock() -> None:
+        if done.wait(seconds) or fifo is None:
+            return
+        state["hung"] = True
+        while not done.is_set():
+            with suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            done.wait(0.1)
+
+    thread = threading.Thread(target=unblock, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        done.set()
+        thread.join()
 
 
 # ----------------------------------------------------------------------------------- audit-hook tracer
@@ -254,3 +283,44 @@ def planted_acts(path: Path, n: int = 160, width: int = 16, clone_size: int = 4,
                 del f[name]
                 f.create_dataset(name, data=data.astype(dtype))
     return path
+
+
+TINYNET = '''from torch import nn
+
+
+def net(num_classes=2):
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, num_classes))
+'''
+OWN_IMAGES = ["--image-size", "8", "--resize", "8", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """A network mitosis did not train (``module:reliability_tinynet:net``, importable while the session runs) with
+    its weights and an image folder of two classes (10x10 PNGs), and a feature dump (.npz) for `mitosis import`."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("own")
+    (root / "reliability_tinynet.py").write_text(TINYNET)
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("ant", "bee"):
+            (root / "images" / split / name).mkdir(parents=True)
+            for i in range(3):
+                pixels = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / "images" / split / name / f"{i}.png")
+    torch.manual_seed(0)
+    torch.save({"1.weight": torch.randn(16, 192) * 0.1, "1.bias": torch.zeros(16), "3.weight": torch.randn(2, 16),
+                "3.bias": torch.zeros(2)}, root / "w.pt")  # the state dict of reliability_tinynet.net()
+    np.savez(root / "dump.npz", train_features=rng.normal(size=(40, 6)).astype(np.float32),
+             train_labels=rng.integers(0, 3, 40), test_features=rng.normal(size=(20, 6)).astype(np.float32),
+             test_labels=rng.integers(0, 3, 20))
+    sys.path.insert(0, str(root))
+    yield {"root": root, "weights": root / "w.pt", "images": root / "images", "dump": root / "dump.npz"}
+    sys.path.remove(str(root))
+
+
+def own_extract(own: dict[str, Path], *extra: str | os.PathLike[str]) -> list[str]:
+    """argv of `extract --model` of the own network on its image folder."""
+    return ["extract", "--model", "module:reliability_tinynet:net", "--weights", str(own["weights"]), "--images",
+            str(own["images"]), *OWN_IMAGES, *map(str, extra)]

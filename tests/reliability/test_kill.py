@@ -42,7 +42,7 @@ from mitosis_cli.io.tables import read_table
 from mitosis_cli.training.config import read_config
 
 from .conftest import (
-    FAULTINJECT,
+    FAULTINJECT_PATH,
     MITOSIS,
     TINY_CLONES,
     TINY_ENSEMBLE,
@@ -159,7 +159,7 @@ def _run_chain(stage: Stage, kills: int, rng: np.random.Generator, root: Path) -
         # Later runs of a resumed chain have fewer operations left: draw among those, roughly.
         available = max(1, len(stage.events) - consumed)
         log = root / f"{stage.name}-kill{i}.log"
-        env = child_env(PYTHONPATH=str(FAULTINJECT), MITOSIS_FI_ROOT=str(root), MITOSIS_FI_LOG=str(log))
+        env = child_env(PYTHONPATH=FAULTINJECT_PATH, MITOSIS_FI_ROOT=str(root), MITOSIS_FI_LOG=str(log))
         if i % 2 == 0:
             kind, n, delay = "crash point", int(rng.integers(1, available + 1)), 0.0
             env["MITOSIS_FI_DIE_AT"] = str(n)

@@ -220,7 +220,7 @@ def test_training_curves_one_line_per_run_split_and_quantity() -> None:
     np.testing.assert_allclose(plotted.get_ydata(), 0.6 / epochs)
     assert fig.axes[0].get_xlabel() == "epoch" and "(nats)" in fig.axes[0].get_ylabel()
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert labels.count("mlp on mnist5k, W = 64") == 1, "seeds of one network share one legend entry"
+    assert labels.count("mnist5k mlp w64") == 1, "seeds of one network share one legend entry"
 
 
 def test_chunk_metrics_over_training_one_point_per_epoch(tmp_path) -> None:

@@ -85,7 +85,7 @@ def test_without_a_head_everything_else_is_measured_and_the_skip_is_said() -> No
         pick = lambda t, m=metric: sorted(r["value"] for r in t.clones.to_pylist() if r["metric"] == m)  # noqa: E731
         assert pick(bare) == pick(full)
     assert bare.networks[0].skipped_metrics == ["chunk_accuracy", "chunk_error"]
-    assert bare.notes == ["toy planted w64: no trained head in imported: chunk_accuracy, chunk_error not measured"]
+    assert bare.notes == ["planted w64: no trained head in imported: chunk_accuracy, chunk_error not measured"]
     assert full.notes == [] and bare.networks[0].regime == full.networks[0].regime
 
 

@@ -40,7 +40,10 @@ def test_reaches_zero_training_error_and_writes_history(tmp_path: Path) -> None:
     assert result.epochs == result.zero_error_epoch >= 3  # kept going after the schedule, stopped at zero
     table = pq.read_table(tmp_path / "run" / "history.parquet").to_pydict()
     assert table["epoch"] == list(range(1, result.epochs + 1))
-    assert set(table) == {"epoch", "lr", "train_loss", "train_error", "test_loss", "test_error", "seconds"}
+    assert set(table) == {"epoch", "lr", "train_loss", "train_error", "test_loss", "test_error", "seconds",
+                          "arch", "dataset", "width", "seed"}
+    assert {(a, d, w, s) for a, d, w, s in zip(table["arch"], table["dataset"], table["width"], table["seed"], strict=True)} == {
+        (cfg.model_spec.family, cfg.dataset, cfg.width, cfg.seed)}
     assert all(0 <= e <= 1 for e in table["test_error"])
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch-0000.pt", "epoch-0002.pt"]
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["finished"]

@@ -7,7 +7,10 @@ removals, chmod, rmtree) and
 * appends one line per operation to MITOSIS_FI_LOG ("<index> <event> <monotonic time> <path>"), so the
   test can follow the child's progress and send it `kill -9` from outside at a chosen moment;
 * with MITOSIS_FI_DIE_AT=n, sends itself SIGKILL at the n-th operation, *before* the operation runs:
-  an exact crash point (e.g. between writing a temporary file and renaming it into place).
+  an exact crash point (e.g. between writing a temporary file and renaming it into place);
+* with MITOSIS_FI_HOLD=FLAG, stops at its first temporary file or folder (made after the output lock is
+  taken), creates FLAG.held and waits until FLAG exists: the concurrency tests run a second writer of the
+  same output while this one holds its lock.
 
 SIGKILL runs no handler, no `finally`, no atexit: the same as `kill -9` from a shell.
 """
@@ -22,10 +25,11 @@ import time
 _ROOT = os.environ.get("MITOSIS_FI_ROOT", "")
 _LOG = os.environ.get("MITOSIS_FI_LOG", "")
 _DIE_AT = int(os.environ.get("MITOSIS_FI_DIE_AT", "0") or 0)
+_HOLD = os.environ.get("MITOSIS_FI_HOLD", "")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 _WATCHED = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.chmod", "os.truncate", "shutil.rmtree",
             "tempfile.mkstemp", "tempfile.mkdtemp", "shutil.move"}
-_state = {"n": 0, "busy": False}
+_state = {"n": 0, "busy": False, "held": False}
 
 
 def _is_write_open(args: tuple) -> bool:
@@ -59,6 +63,12 @@ def _hook(event: str, args: tuple) -> None:
             os.write(_LOG_FD, f"{n} {event} {time.monotonic():.6f} {path}\n".encode())
         if n == _DIE_AT:
             os.kill(os.getpid(), signal.SIGKILL)
+        if _HOLD and not _state["held"] and event in ("tempfile.mkstemp", "tempfile.mkdtemp"):
+            _state["held"] = True
+            os.close(os.open(_HOLD + ".held", os.O_WRONLY | os.O_CREAT, 0o644))
+            deadline = time.monotonic() + 600
+            while not os.path.exists(_HOLD) and time.monotonic() < deadline:
+                time.sleep(0.01)
     finally:
         _state["busy"] = False
 
