@@ -1,4 +1,4 @@
-"""Shared test set-up: one quiet torch thread, and a factory for small activation files."""
+"""Shared test set-up: one quiet torch thread, no silent skips, and a factory for small activation files."""
 
 from __future__ import annotations
 
@@ -14,8 +14,15 @@ import pytest
 import torch
 
 from mitosis_cli.io.activations import ActivationHeader, write_activations
+from tests import skip_policy
+
+pytest_plugins = ("pytester",)  # tests/test_skip_policy.py runs small pytest sessions
 
 torch.set_num_threads(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    skip_policy.register(config)  # a skip for a reason not on its allow-list fails the run
 
 
 def write_planted_acts(path: Path, n: int = 400, width: int = 64, clone_size: int = 8, noise: float = 0.05,

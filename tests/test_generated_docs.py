@@ -94,7 +94,7 @@ def test_man_page_has_every_option_and_section(command: str) -> None:
     assert all(re.search(rf"^\s+{code}\s", exit_status, re.MULTILINE) for code in ("0", "1", "2", "75"))
 
 
-@pytest.mark.skipif(not shutil.which("groff"), reason="groff not installed")
+@pytest.mark.skipif(not shutil.which("groff"), reason="groff not installed (.ci/system-deps installs it)")
 def test_man_pages_render_without_warnings() -> None:
     for page in sorted((REPO / "man").glob("*.1")):
         result = subprocess.run(["groff", "-man", "-ww", "-z", str(page)], capture_output=True, text=True)
@@ -130,7 +130,7 @@ def test_bash_offers_every_option(command: str) -> None:
     assert offered >= OPTIONS[command], f"bash completion lacks {sorted(OPTIONS[command] - offered)}: {REFRESH}"
 
 
-@pytest.mark.skipif(not shutil.which("fish"), reason="fish not installed")
+@pytest.mark.skipif(not shutil.which("fish"), reason="fish not installed (.ci/system-deps installs it)")
 def test_fish_offers_every_option() -> None:
     script = f"source {REPO / 'completions' / 'mitosis.fish'}\n"
     script += "".join(f"echo '## {c}'; complete -C 'mitosis {c} -'; complete -C 'mitosis {c} --'\n" for c in ["", *COMMANDS])
@@ -144,7 +144,7 @@ def test_fish_offers_every_option() -> None:
     assert first.split("\t")[0] == "train"
 
 
-@pytest.mark.skipif(not shutil.which("zsh"), reason="zsh not installed")
+@pytest.mark.skipif(not shutil.which("zsh"), reason="zsh not installed (.ci/system-deps installs it)")
 def test_zsh_script_loads_and_names_every_option() -> None:
     path = REPO / "completions" / "_mitosis"
     loaded = subprocess.run(["zsh", "-fc",

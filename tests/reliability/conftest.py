@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -151,6 +152,25 @@ def watchdog(fifo: Path | None, seconds: float = 30.0) -> Iterator[dict[str, boo
     finally:
         done.set()
         thread.join()
+
+
+@contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A real full disk: a tmpfs of `size` (``64k``) mounted on `mnt` (made here) while the block runs.
+
+    Mounting needs root: a user's run skips the test (an allowed skip, docs/testing.md); root that cannot mount
+    (a container without CAP_SYS_ADMIN) fails it.
+    """
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs (a real full disk)")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode:
+        pytest.fail(f"root cannot mount a tmpfs here: {' '.join(proc.stderr.split())[:200]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 # ----------------------------------------------------------------------------------- audit-hook tracer

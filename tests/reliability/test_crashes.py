@@ -364,15 +364,27 @@ def test_sigterm_while_a_module_is_imported_waits_for_the_import(tmp_path: Path)
     record("crashes.sigterm")
 
 
-def test_sigint_before_the_work_is_130_and_one_line(tmp_path: Path) -> None:
-    proc = _start([*LONG_TRAIN, "-o", str(tmp_path / "run")])
-    time.sleep(0.3)
+# Where the child waits for the SIGINT (faultinject's MITOSIS_FI_HOLD_AT): while the libraries load, before `main`
+# (`stop_before_start`), and at the command's first import of torch, before any training (`stop_on_signals`).
+SIGINT_POINTS = ["import:typer", "import:torch"]
+
+
+@pytest.mark.parametrize("point", SIGINT_POINTS)
+def test_sigint_before_the_work_is_130_and_one_line(tmp_path: Path, point: str) -> None:
+    """The child is held at `point` until the signal is on its way, so it cannot finish or start training first."""
+    run, flag = tmp_path / "run", tmp_path / "go"
+    proc = _start([*LONG_TRAIN, "-o", str(run)], PYTHONPATH=FAULTINJECT_PATH, MITOSIS_FI_HOLD=str(flag),
+                  MITOSIS_FI_HOLD_AT=point)
+    deadline = time.monotonic() + 300
+    while not Path(f"{flag}.held").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, f"never reached {point}: {proc.communicate()[1]}"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
+    flag.touch()  # release the hold: the signal is already pending
     _, err = proc.communicate(timeout=300)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal")
     assert proc.returncode == 130, err
     assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("mitosis:")]) == 1, err
+    assert not run.exists() or _left(run) == []
     record("crashes.sigint")
 
 

@@ -56,6 +56,7 @@ from .conftest import (
     planted_acts,
     record,
     snapshot,
+    tmpfs,
     watchdog,
 )
 
@@ -596,11 +597,7 @@ def test_a_failed_rename_puts_the_earlier_tables_back(
 
 def test_a_full_tmpfs_between_the_two_tables_keeps_both(tmp_path: Path, cli: RunCli, made: dict[str, Path]) -> None:
     """A real full disk: a small tmpfs with room for the first new table but not the second."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "disk", "256k") as mnt:
         out = mnt / "c"
         assert _clones(cli, made["p0"], out) == 0
         before = {name: (out / name).read_bytes() for name in ("clones.parquet", "clones-summary.parquet")}
@@ -613,8 +610,6 @@ def test_a_full_tmpfs_between_the_two_tables_keeps_both(tmp_path: Path, cli: Run
         assert {name: (out / name).read_bytes() for name in before} == before
         assert sorted(p.name for p in out.iterdir()) == sorted(before)
         record("transaction.clones_pair_kept")
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_an_interrupted_pair_of_this_measurement_is_completed(tmp_path: Path, cli: RunCli, made: dict[str, Path]) -> None:

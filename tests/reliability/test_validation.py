@@ -13,6 +13,7 @@ work, so bad input is exit 2 with one line naming the option or the file and fie
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -521,10 +522,21 @@ def test_a_member_config_of_other_types_is_measured_without_the_parameter_count(
 
 
 def test_a_width_beyond_this_machines_memory_is_one_line(tmp_path: Path, cli: RunCli) -> None:
-    """Within the range but beyond the memory: torch's allocator refuses, one line, exit 1 (not "unexpected")."""
-    if Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1":
-        pytest.skip("the kernel grants any allocation here (overcommit_memory = 1): the process would be killed instead")
-    result = cli("train", "--dataset", TINY_DATA, "--width", str(1 << 20), "--epochs", "1", "--quiet", "-o", tmp_path / "run")
+    """Within the range but beyond the memory: torch's allocator refuses, one line, exit 1 (not "unexpected").
+
+    An address-space limit 8 GiB above what this process maps makes the refusal of the 4 TiB layer certain: a
+    kernel that grants any allocation (overcommit_memory = 1) would otherwise have the process killed instead.
+    """
+    mapped = int(next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmSize:"))
+                 .split()[1]) * 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = mapped + (8 << 30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    try:
+        result = cli("train", "--dataset", TINY_DATA, "--width", str(1 << 20), "--epochs", "1", "--quiet",
+                     "-o", tmp_path / "run")
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     assert_clean_failure(result, "", code=1, problem="out of memory")
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
     record("validation.out_of_memory")

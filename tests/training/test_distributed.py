@@ -15,6 +15,8 @@ from mitosis_cli.errors import PREEMPTED_EXIT_CODE
 from mitosis_cli.io.checkpoints import load_checkpoint
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+FAULTINJECT = REPO / "tests" / "reliability" / "faultinject"  # holds a child at a chosen point (its docstring)
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
 TINY = ["--train-size", "256", "--width", "32", "--batch-size", "32", "--threads", "1", "--quiet"]
 
@@ -39,15 +41,18 @@ def test_sigterm_saves_checkpoint_and_resume_matches(tmp_path: Path) -> None:
             "--epochs", "4", "--seed", "5"]
     full, cut = tmp_path / "full", tmp_path / "cut"
     subprocess.run([*args, "-o", str(full)], env=ENV, check=True)
-    proc = subprocess.Popen([*args, "-o", str(cut)], env=ENV, stderr=subprocess.PIPE, text=True)
+    # The child waits where it writes the first epoch's history until the signal is on its way: mid-training for sure.
+    flag = tmp_path / "go"
+    held = {**ENV, "PYTHONPATH": os.pathsep.join([str(FAULTINJECT), str(REPO)]), "MITOSIS_FI_HOLD": str(flag),
+            "MITOSIS_FI_HOLD_AT": "os.rename:history.parquet"}
+    proc = subprocess.Popen([*args, "-o", str(cut)], env=held, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (cut / "history.parquet").exists():  # first epoch done: we are mid-training
+    while not Path(f"{flag}.held").exists():
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
+    flag.touch()  # release the hold: the signal is already pending
     _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("training finished before the signal arrived")
     assert proc.returncode == PREEMPTED_EXIT_CODE and "--resume" in err and "Traceback" not in err
     assert not load_checkpoint(cut / "checkpoint.pt")["finished"]
     subprocess.run([*args, "-o", str(cut), "--resume"], env=ENV, check=True)
