@@ -77,7 +77,8 @@ def _claim_constant(above: dict[int, float], crit: float | None) -> Claim:
         return Claim("a", statement, None, "fewer than three widths above the critical width")
     lo, hi = min(above.values()), max(above.values())
     text = ", ".join(f"W={w}: {c:.1f}" for w, c in above.items())
-    return Claim("a", statement, hi / lo <= 1.5, f"w_c* = {text} (max/min {hi / lo:.2f}; critical width {crit})",
+    where = "not fitted" if crit is None else f"{crit:.1f}"
+    return Claim("a", statement, hi / lo <= 1.5, f"w_c* = {text} (max/min {hi / lo:.2f}; critical width {where})",
                  {"clone_size": above, "ratio": hi / lo, "critical_width": crit})
 
 
