@@ -31,7 +31,14 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")  # and cuda:N
 
 
 def default_threads() -> int:
-    """CPU threads for torch: the CPUs this process may use, at most 8."""
+    """CPU threads for torch when `--threads` is not given: $MITOSIS_THREADS (a job script's or a test
+    harness's choice for every command), else the CPUs this process may use, at most 8."""
+    chosen = os.environ.get("MITOSIS_THREADS", "").strip()
+    if chosen:
+        if not chosen.isdigit() or int(chosen) < 1:
+            raise InputError(f"MITOSIS_THREADS={chosen!r} is not a positive number of threads",
+                             hint="unset it, or give a whole number such as 1")
+        return int(chosen)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
