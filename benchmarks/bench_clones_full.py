@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import datetime as dt
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from machine import describe_machine  # benchmarks/machine.py: the scripts run from this folder
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -279,14 +279,6 @@ def paper_path(path: Path, repeats: int) -> tuple[float, float, float]:
     return seconds / repeats, d_r2, d_corr
 
 
-def _machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor() or "?"
-    return f"{model}, {len(os.sched_getaffinity(0))} usable cores"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -305,7 +297,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     path = build(OUT / f"planted-n{args.n}-w{args.width}.h5", args.n, args.width, args.latent, args.noise)
     load = os.getloadavg()[0]
-    print(f"date {dt.datetime.now().isoformat(timespec='minutes')}; {_machine()}; torch {torch.__version__}, "
+    print(f"date {dt.datetime.now().isoformat(timespec='minutes')}; {describe_machine()}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; load average {load:.1f}", flush=True)
     print(f"data: {path} (N = {args.n} + {args.n}, W = {args.width}, {path.stat().st_size / 1e6:.0f} MB)", flush=True)
     rates = machine_rates()

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe_machine  # benchmarks/machine.py: the scripts run from this folder
 
 
 def _features(n: int, width: int, clone_size: int, seed: int) -> np.ndarray:
@@ -48,14 +47,6 @@ def _sklearn_chunk(x: np.ndarray, chunk: np.ndarray) -> tuple[float, float]:
     corr = np.corrcoef(x[:, rest] - pred[:, rest], rowvar=False)
     return float(r2), float((np.abs(corr).sum() - np.trace(np.abs(corr))) / (rest.size * (rest.size - 1)))
 
-
-def _machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor() or "?"
-    return f"{model}, {len(os.sched_getaffinity(0))} usable cores"
 
 
 def _peak_rss_mib(code: str) -> float:
@@ -127,7 +118,7 @@ def main() -> None:
                 max_dcorr = max(max_dcorr, abs(corr - ours[s][2][r]))
         print(f"{s:>6} {ours[s][0] / args.repeats:>13.4f} {per_chunk:>16.4f}", flush=True)
     lines = [
-        f"- date: {dt.date.today().isoformat()}; machine: {_machine()}; torch threads {torch.get_num_threads()}",
+        f"- date: {dt.date.today().isoformat()}; machine: {describe_machine()}; torch threads {torch.get_num_threads()}",
         f"- data: N = {args.n}, W = {args.width} (float32, {x.nbytes / 2**20:.0f} MiB), sizes {sizes[0]}..{sizes[-1]} "
         f"(powers of two), {args.repeats} chunks per size",
         f"- ours (moments {t_moments:.1f} s + all chunks): {t_ours:.1f} s",

@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from machine import describe_machine  # benchmarks/machine.py: the scripts run from this folder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,15 +41,6 @@ from mitosis_cli.io.activations import ActivationHeader, write_activations  # no
 
 BLOCK_ROWS = 5000
 
-
-def _machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor() or "?"
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {len(os.sched_getaffinity(0))} usable cores, {memory:.0f} GiB RAM, Linux {platform.release()}"
 
 
 def _planted(n: int, width: int, classes: int, clone_size: int, seed: int):
@@ -112,7 +104,7 @@ def main() -> None:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
     python = sys.executable
     result: dict[str, object] = {
-        "machine": _machine(), "date_utc": run, "python": platform.python_version(), "n": args.n, "width": args.width,
+        "machine": describe_machine(), "date_utc": run, "python": platform.python_version(), "n": args.n, "width": args.width,
         "classes": args.classes, "clone_size": args.clone_size, "threads": args.threads, "clones_args": args.clones_args,
         "features_mib": round(args.n * args.width * 4 / 2**20),
     }

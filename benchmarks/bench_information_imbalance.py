@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe_machine  # benchmarks/machine.py: the scripts run from this folder
 
 ROOT = Path(__file__).resolve().parent.parent
 DADAPY_VENV = ROOT / "benchmarks" / ".venv-dadapy"
@@ -138,16 +138,6 @@ def setup_dadapy() -> None:
     subprocess.run([str(DADAPY_VENV / "bin" / "pip"), "install", "dadapy==0.3.4"], check=True)
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,7 +172,7 @@ def main() -> None:
 
     result: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "machine": machine(),
+        "machine": describe_machine(),
         "command": " ".join(sys.argv),
         "n": args.n,
         "w": args.w,

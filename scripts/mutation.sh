@@ -42,11 +42,12 @@ for target in "${targets[@]}"; do
     fi
 done
 
+cores=$(nproc)  # before OMP_NUM_THREADS is set: nproc obeys it
 # Mutants run in children forked from one process: one torch thread, so no OpenMP pool is inherited.
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 MITOSIS_THREADS=1
 rm -rf mutants
 start=$(date +%s)
-.venv/bin/mutmut run --max-children "$(nproc)" "${patterns[@]}" > mutants.log 2>&1 || true
-echo "mutmut ran $(( $(date +%s) - start )) s on $(nproc) cores ($(date -u +%FT%RZ)); log: mutants.log"
+.venv/bin/mutmut run --max-children "$cores" "${patterns[@]}" > mutants.log 2>&1 || true
+echo "mutmut ran $(( $(date +%s) - start )) s, $cores mutants at a time ($(date -u +%FT%RZ)); log: mutants.log"
 .venv/bin/mutmut results --all true > mutants-results.txt
 .venv/bin/python scripts/mutation_summary.py mutants-results.txt "${patterns[@]}"
