@@ -47,3 +47,19 @@ def test_sample_outside() -> None:
     picked = sample_outside(30, chunk, 10, seed=1)
     assert len(picked) == 10 and not set(picked) & set(chunk) and np.all(np.diff(picked) > 0)
     np.testing.assert_array_equal(sample_outside(12, chunk, 100, seed=1), np.setdiff1d(np.arange(12), chunk))
+
+
+def test_tied_uniforms_are_taken_in_index_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generator whose uniforms tie: the chunk is the first `size` neurons of the stable order, so the draw
+    does not depend on which sort numpy dispatches to on the machine."""
+    uniforms = np.random.default_rng(0).integers(0, 3, (4, 60)) / 4.0
+
+    class Ties:
+        def random(self, shape: tuple[int, int]) -> np.ndarray:
+            assert shape == uniforms.shape
+            return uniforms.copy()
+
+    monkeypatch.setattr(np.random, "default_rng", lambda seed: Ties())
+    for size in (5, 25, 45):
+        want = [sorted(sorted(range(60), key=lambda i, row=row: (row[i], i))[:size]) for row in uniforms]
+        np.testing.assert_array_equal(draw_chunks(60, size, 4, seed=0), want)

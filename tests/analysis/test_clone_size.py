@@ -1,5 +1,8 @@
 """Clone size rule, growth of the number of clones with the width, excess error fit."""
 
+import math
+import statistics
+
 import numpy as np
 import pytest
 
@@ -56,3 +59,61 @@ def test_summarize() -> None:
     assert (s.mean, s.n) == (pytest.approx(7 / 3), 3)
     assert s.std == pytest.approx(np.std([1, 2, 4], ddof=1)) and s.sem == pytest.approx(s.std / np.sqrt(3))
     assert summarize(np.array([np.nan])).n == 0
+
+
+def test_crossing_is_computed_in_float64_for_float32_sizes() -> None:
+    sizes = np.array([3, 6, 12, 24], dtype=np.float32)  # not powers of two: log2 is rounded in float32
+    curve = np.array([0.5, 0.9, 0.98, 1.0])
+    want = 2 ** (math.log2(12) + (0.99 - 0.98) / (1.0 - 0.98) * (math.log2(24) - math.log2(12)))
+    assert crossing_size(sizes, curve, 0.99) == pytest.approx(want, rel=1e-14)
+
+
+def test_clone_size_status_for_each_kind_of_curve() -> None:
+    sizes = np.array([1, 2, 4, 8])
+    sem = np.zeros(4)
+    between = clone_size(sizes, np.array([0.3, 0.6, 0.95, 0.995]), sem)
+    assert between.status == "ok" and between.value == pytest.approx(2 ** (2 + 0.04 / 0.045))
+    never = clone_size(sizes, np.array([0.3, 0.6, 0.95, 0.98]), sem)
+    assert never.status.startswith("undetermined: mean R^2 stays below 0.99") and never.value == 8.0
+    first = clone_size(sizes, np.array([0.995, 0.996, 0.997, 0.998]), sem)
+    assert first.status.startswith("at most the smallest size") and (first.value, first.lo, first.hi) == (1.0, 1.0, 1.0)
+
+
+def test_growth_status_says_when_the_fit_is_undetermined() -> None:
+    widths = np.array([32.0, 64.0, 128.0, 256.0])
+    assert fit_clone_growth(widths, np.array([1.0, 1.0, 2.0, 4.0])).status.startswith("undetermined: fewer than three")
+    flat = fit_clone_growth(widths, np.ones(4))
+    assert flat.slope == 0.0 and flat.status.startswith("undetermined: the number of clones does not grow")
+    assert fit_clone_growth(widths, np.array([1.0, 2.0, 3.0, 5.0])).status == "ok"
+
+
+def test_growth_fit_of_float32_or_integer_widths_is_the_float64_fit() -> None:
+    """Widths beyond 2^12 whose grid of critical widths float32 cannot hold exactly; the planted one is on the grid."""
+    widths = np.array([300, 1000, 3000, 5000, 7000, 9001])
+    critical = np.linspace(0.0, 9001.0, 4097)[300]
+    n_clones = np.maximum(1.0, 1.0 + (widths - critical) / 500.0)
+    for given in (widths.astype(np.float32), widths.tolist()):
+        fit = fit_clone_growth(given, n_clones)
+        assert fit.critical_width == pytest.approx(critical, rel=1e-12) and fit.slope == pytest.approx(1 / 500, rel=1e-9)
+
+
+def test_excess_error_is_the_least_squares_fit_from_the_clone_size_up() -> None:
+    sizes = np.array([3, 6, 12, 24, 48], dtype=np.float32)  # float32 sizes: the fit still runs in float64
+    errors = np.array([0.5, 0.3, 0.21, 0.17, 0.12])
+    use = [(float(w), e - 0.1) for w, e in zip(sizes, errors, strict=True) if w >= 12]  # the clone size itself counts
+    want = sum(e * w**-0.5 for w, e in use) / sum(1 / w for w, _ in use)
+    assert fit_excess_error(sizes, errors, 0.1, 12.0) == pytest.approx(want, rel=1e-14)
+
+
+def test_summary_of_two_values_and_of_float32_values() -> None:
+    two = summarize(np.array([1.0, 3.0]))
+    assert (two.mean, two.std, two.sem, two.n) == (2.0, pytest.approx(math.sqrt(2)), pytest.approx(1.0), 2)
+    one = summarize(np.array([5.0, np.inf]))
+    assert one.mean == 5.0 and one.n == 1 and math.isnan(one.std) and math.isnan(one.sem)
+    empty = summarize(np.array([np.nan]))
+    assert all(math.isnan(v) for v in (empty.mean, empty.std, empty.sem))
+    values = np.array([0.1, 0.2, 0.7], dtype=np.float32)
+    exact = [float(v) for v in values]
+    got = summarize(values)
+    assert got.mean == pytest.approx(statistics.fmean(exact), rel=1e-15)
+    assert got.std == pytest.approx(statistics.stdev(exact), rel=1e-14)

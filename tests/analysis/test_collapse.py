@@ -1,5 +1,7 @@
 """Collapse diagnostics against numpy on the raw features, and the regime rule on its thresholds."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -70,6 +72,7 @@ def _facts(width: int, clone_size: float, residual: float = 1e-3, share: float =
 
 def test_regime_rule_at_its_thresholds() -> None:
     assert regime(_facts(64, 15.0, share=COLLAPSED_SHARE)) == "collapsed"  # 15 <= 2 (C - 1) = 18
+    assert regime(_facts(64, 18.0, share=COLLAPSED_SHARE)) == "collapsed"  # exactly one doubling above C - 1
     assert regime(_facts(64, 19.0, share=COLLAPSED_SHARE)) == "noisy-clones"  # more than a doubling above C - 1
     assert regime(_facts(64, 15.0, share=0.998)) == "noisy-clones"
     assert regime(_facts(64, 33.0)) == "no-clones"  # fewer than two clones
@@ -84,6 +87,8 @@ def test_regime_needs_the_clone_size_constant_across_widths() -> None:
     assert {regime(f, growing) for f in growing} == {"no-clones"}
     other_family = [_facts(512, 200.0, family="wrn|d")]
     assert regime(constant[0], [*constant, *other_family]) == "noisy-clones"
+    exactly_two = _facts(128, 64.0)  # W / w_c* = 2: it holds two clones, so its w_c* counts
+    assert regime(_facts(64, 10.0), [exactly_two]) == "no-clones"
 
 
 def test_nc1_of_a_perfectly_separated_split_stays_finite() -> None:
@@ -95,3 +100,54 @@ def test_nc1_of_a_perfectly_separated_split_stays_finite() -> None:
     x = (rng.standard_normal((10, 16))[labels] + 1e-6 * rng.standard_normal((4000, 16)) + 100).astype(np.float32)
     got = _diagnostics(x.astype(np.float64), labels, 10)
     assert got.nc1 == pytest.approx(_reference(x.astype(np.float64), labels)[2], rel=1e-2) and got.nc1 < 1e-6
+
+
+def test_small_scale_features_and_a_class_of_one_sample() -> None:
+    """Variance far below 1 (the shares are scale-free) and a class present once: it counts as present."""
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 4, 60)
+    labels[labels == 3] = 2
+    labels[17] = 3  # one sample of class 3
+    x = 1e-3 * (rng.standard_normal((5, 12))[labels] + 0.3 * rng.standard_normal((60, 12)))
+    got = _diagnostics(x, labels, 5)
+    share, participation, nc1 = _reference(x, labels)
+    assert got.classes == 4
+    assert got.top_share == pytest.approx(share, rel=1e-9)
+    assert got.participation_ratio == pytest.approx(participation, rel=1e-9)
+    assert got.nc1 == pytest.approx(nc1, rel=1e-6)
+
+
+def test_one_class_or_none_leaves_nc1_undefined() -> None:
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((40, 6)) + 2.0
+    for targets, classes in ((one_hot(np.zeros(40, np.int64), 3).numpy(), 1), (np.zeros((40, 3)), 0)):
+        m = Moments.of(np.concatenate([x, targets], axis=1))
+        got = collapse_diagnostics(m.scatter, m.mean, m.n, 6)
+        assert got.classes == classes and np.isnan(got.nc1) and got.top_share == 0.0  # C - 1 <= 0 directions
+        assert got.participation_ratio == pytest.approx(_reference(x, np.zeros(40, np.int64))[1], rel=1e-9)
+
+
+def test_more_classes_than_neurons_share_all_the_variance_without_warnings() -> None:
+    rng = np.random.default_rng(8)
+    labels = np.arange(300) % 70  # C - 1 = 69 >= W = 64: the top-(C-1) directions are all of them
+    x = rng.standard_normal((300, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _diagnostics(x, labels, 70)
+    assert got.classes == 70 and got.top_share == pytest.approx(1.0, rel=1e-12)
+
+
+def test_the_pinv_cut_is_relative_to_the_largest_between_class_eigenvalue() -> None:
+    """Class means 1e4 apart along e0 and 1e-4 along e1: Sigma_B's second eigenvalue is 1e-16 of the first,
+    below numpy pinv's cut (W eps relative to the largest), so NC1 is that of the means without the e1 offset."""
+    rng = np.random.default_rng(9)
+    labels = np.arange(600) % 3
+    means = np.zeros((3, 16))
+    means[1, 0], means[2, 0] = 1e4, 5e3
+    noise = rng.standard_normal((600, 16))
+    for k in range(3):  # centred within each class: the class means are exactly `means`
+        noise[labels == k] -= noise[labels == k].mean(0)
+    offset = means.copy()
+    offset[2, 1] = 1e-4
+    got = _diagnostics(offset[labels] + noise, labels, 3).nc1
+    assert got == pytest.approx(_reference(means[labels] + noise, labels)[2], rel=1e-3)

@@ -189,3 +189,38 @@ def test_bias_plus_variance_is_the_loss(logits: np.ndarray, labels: list[int]) -
 @pytest.mark.parametrize("wide, member, want", [(1000, 100, 10), (1000, 300, 3), (1000, 2000, 1), (55050, 6442, 9)])
 def test_same_params_members(wide: float, member: float, want: int) -> None:
     assert ens.same_params_members(wide, member) == want
+
+
+def test_probability_average_keeps_each_block_of_chunk_logits_within_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More classes than neurons (C = 10, W = 4): a block holds at most _BLOCK_FLOATS logits of the chunks."""
+    rng = np.random.default_rng(5)
+    x, a, b = rng.standard_normal((6, 4)), rng.standard_normal((10, 4)), rng.standard_normal(10)
+    labels = rng.integers(0, 10, 6)
+    partition = np.arange(4)[:, None]
+    want = ens.classification_metrics(ens.combine_members(ens.chunk_logits(x, a, b, partition), "probs"), labels)
+    monkeypatch.setattr(ens, "_BLOCK_FLOATS", 2 * 6 * 10)  # two chunks' logits
+    blocks: list[int] = []
+    real = ens.chunk_logits
+
+    def recorded(features: np.ndarray, weight: np.ndarray, bias: np.ndarray, chunks: np.ndarray) -> np.ndarray:
+        blocks.append(len(chunks))
+        return real(features, weight, bias, chunks)
+
+    monkeypatch.setattr(ens, "chunk_logits", recorded)
+    assert ens.chunk_ensemble_metrics(x, a, b, labels, partition, [4], "probs")[4] == pytest.approx(want, rel=1e-12)
+    assert blocks == [2, 2]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int64, np.longdouble])
+def test_chunk_logits_are_float64_for_any_bias_dtype(dtype: type) -> None:
+    x, a = np.arange(6.0).reshape(2, 3), np.ones((2, 3))
+    got = ens.chunk_logits(x, a, np.array([1, -2], dtype=dtype), np.array([[0, 2]]))
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got[0], [[3.0, 0.0], [9.0, 6.0]])
+
+
+def test_same_params_members_of_small_counts() -> None:
+    assert ens.same_params_members(1, 1) == 1 and ens.same_params_members(0.5, 0.25) == 2
+    for wide, member in ((0, 1), (1, 0), (-1, 1)):
+        with pytest.raises(ValueError, match="positive"):
+            ens.same_params_members(wide, member)
