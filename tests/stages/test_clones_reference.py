@@ -20,7 +20,9 @@ excess-error fit and the interval ends are seen to use the right one. Two more l
 closed form: mixtures of four signals (the growth of the number of clones is a known hinge), and exact
 copies at a large scale (singular Gram matrices: the eigendecomposition branch of the ridge solve). A
 family of widths with a collapsed layer, noisy clones and a clone size that grows with the width gives
-each regime word its turn.
+each regime word its turn. A split streamed in many small blocks, and a file with one split, give the
+reference rows too; the per-network facts read back from the summary (`networks_from_summary`) are the
+reference's.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import scipy.stats
 from sklearn.linear_model import Ridge
@@ -39,7 +42,9 @@ from sklearn.metrics import r2_score
 import mitosis_cli as mitosis
 from mitosis_cli.analysis.chunks import draw_chunks
 from mitosis_cli.cli.app import main
-from mitosis_cli.io.clone_tables import read_clones, read_clones_summary
+from mitosis_cli.io.clone_tables import SUMMARY_SCHEMA, read_clones, read_clones_summary
+from mitosis_cli.stages import clones as clones_stage
+from mitosis_cli.stages.clone_summary import networks_from_summary
 
 ALPHA = 1e-8  # the paper's ridge penalty, recorded in the tables' options as ridge_alpha
 OPTIONS = {"repeats": 4, "acc_repeats": 6, "seed": 5, "rescale": True, "r2_threshold": 0.92, "ii_points": 60, "ii_k": 2,
@@ -208,7 +213,7 @@ def default_sizes(width: int) -> list[int]:
 
 
 def reference(acts: Any, options: dict[str, Any], diagnostics: tuple[int, int], *, fit_split: str = "train",
-              shift: int = 0, permute_head: bool = False) -> Reference:
+              shift: int = 0, permute_head: bool = False, sizes: list[int] | None = None) -> Reference:
     """The reference rows of one network. `fit_split`, `shift` and `permute_head` plant the bugs the tests must see."""
     width, classes = acts.header.width, acts.header.num_classes
     weight, bias = (np.asarray(a, np.float64) for a in acts.head())
@@ -217,7 +222,7 @@ def reference(acts: Any, options: dict[str, Any], diagnostics: tuple[int, int], 
     data = {s: (acts.features(s).astype(np.float64), np.asarray(acts.labels(s))) for s in ("train", "test")}
     x_test = data["test"][0]
     repeats, acc_repeats, seed = options["repeats"], options["acc_repeats"], options["seed"]
-    sizes = default_sizes(width)
+    sizes = sizes or default_sizes(width)
     values: dict[tuple[str, str, int, int], float] = {}
     n_test = len(x_test)
     ii_rows = np.sort(np.random.default_rng([seed, n_test]).choice(n_test, min(options["ii_points"], n_test), replace=False))
@@ -297,9 +302,11 @@ def references(networks: list[Any]) -> list[Reference]:
     return [reference(acts, OPTIONS, diagnostics) for acts in networks]
 
 
-@pytest.fixture(scope="module", params=["api", "cli"])
-def measured(request: pytest.FixtureRequest, networks: list[Any], tmp_path_factory: pytest.TempPathFactory):
-    return measure(request.param, networks, OPTIONS, tmp_path_factory.mktemp(f"clones-{request.param}"))
+@pytest.fixture(params=["api", "cli"])
+def measured(request: pytest.FixtureRequest, networks: list[Any], tmp_path: Path):
+    """Measured afresh for each test (~0.2 s): mutation testing (mutmut) runs, for a mutant, only the tests during which
+    the mutated function ran, so a measurement shared by the module would be credited to its first test alone."""
+    return measure(request.param, networks, OPTIONS, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -348,6 +355,7 @@ def test_every_row_of_the_summary_matches_the_reference(measured, references) ->
     _, summary, sources = measured
     counts = []
     regimes: list[dict[str, Any]] = []
+    expected: dict[str, dict[str, Any]] = {}  # source -> the facts `networks_from_summary` reads back
     straddled = []  # a grid size between each end of the interval and the estimate: the excess-error fit sees which is used
     end_gaps = []  # ... and so does 1 - R^2 at the clone size
     for source, ref in zip(sources, references, strict=True):
@@ -390,7 +398,7 @@ def test_every_row_of_the_summary_matches_the_reference(measured, references) ->
         assert str(threshold) in size_row["rule"]
         count = facts[("test", "n_clones")]
         assert [count["mean"], count["lo"], count["hi"]] == pytest.approx([width / value, width / hi, width / lo], rel=1e-6)
-        assert count["status"] == "ok"
+        assert count["status"] == "ok" and count["rule"].startswith("W / clone_size")
         counts.append(width / value)
 
         # 1 - R^2 of the first grid size at or above the clone size (the estimate, not an end of its interval)
@@ -424,6 +432,14 @@ def test_every_row_of_the_summary_matches_the_reference(measured, references) ->
         c = sum((errors[s]["mean"] - error_inf) / math.sqrt(s) for s in used) / sum(1 / s for s in used)
         assert facts[("test", "excess_error_c")]["mean"] == pytest.approx(c, rel=1e-9)
         assert facts[("test", "excess_error_c")]["n"] == len(used) and facts[("test", "excess_error_c")]["status"] == "ok"
+        assert "c * w_c^-1/2 over sizes >= clone_size" in facts[("test", "excess_error_c")]["rule"]
+        expected[source] = {"source": source, "width": width, "arch": "planted", "dataset": "toy", "epoch": 3,
+                            "clone_size": value, "clone_size_lo": lo, "clone_size_hi": hi, "n_clones": width / value,
+                            "clone_size_status": "ok", "r2": {s: st["mean"] for s, st in zip(ref.sizes, r2, strict=True)},
+                            "excess_error_c": c, "excess_error_status": "ok", "residual_at_clone_size": residual_at[whole],
+                            "collapse": {split: {m: ref.collapse[split][m] for m in COLLAPSE_METRICS}
+                                         for split in ("train", "test")},
+                            "skipped_metrics": []}
 
     assert any(below for below, _ in straddled) and any(above for _, above in straddled)
     assert max(end_gaps) > 1e-3, "an end of the interval in place of the estimate moves 1 - R^2 at the clone size"
@@ -443,6 +459,33 @@ def test_every_row_of_the_summary_matches_the_reference(measured, references) ->
     assert across["critical_width"]["mean"] == pytest.approx(critical, abs=widths.max() / 4096)
     assert across["clones_per_width_slope"]["mean"] == pytest.approx(slope, rel=2e-3)
     assert all(r["n"] == len(references) and r["width"] is None for r in across.values())
+    assert all((r["arch"], r["dataset"]) == ("planted", "toy") for r in across.values())
+    assert all("n_clones = max(1, 1 + slope (W - critical_width))" in r["rule"] for r in across.values())
+
+    # the per-network facts and the growth fit read back from the summary (what `mitosis clones` prints and --json gives)
+    nets, growth = networks_from_summary(pa.Table.from_pylist(summary, schema=SUMMARY_SCHEMA))
+    assert growth == {"critical_width": across["critical_width"]["mean"],
+                      "clones_per_width_slope": across["clones_per_width_slope"]["mean"],
+                      "growth_status": across["critical_width"]["status"]}
+    assert [net.width for net in nets] == sorted(ref.width for ref in references)  # narrow first
+    for net, ref in zip(nets, sorted(references, key=lambda r: r.width), strict=True):
+        want = expected[net.source]
+        seed = dict(NETWORKS)[net.width]
+        assert net.label == f"planted w{net.width} s{seed} e3" and net.seed == seed
+        assert net.regime == regime_word(next(n for n in regimes if n["source"] == net.source), regimes)
+        for key, value in want.items():
+            got = getattr(net, key)
+            if key == "r2":
+                assert set(got) == set(value) and [got[s] for s in ref.sizes] == pytest.approx(
+                    [value[s] for s in ref.sizes], abs=1e-6)
+            elif key == "collapse":
+                assert set(got) == set(value)
+                for split in value:
+                    assert got[split] == pytest.approx(value[split], rel=1e-9), split
+            elif isinstance(value, float):
+                assert got == pytest.approx(value, rel=1e-6, abs=1e-6), key
+            else:
+                assert got == value, key
     above = int((widths > critical).sum())
     assert above == 2 and all(r["status"].startswith("undetermined") and f"({above})" in r["status"] for r in across.values())
 
@@ -502,9 +545,13 @@ def rank_deficient(width: int, latent: int = 4, n: int = 200) -> Any:
 def test_growth_fit_recovers_a_planted_hinge(how: str, tmp_path: Path) -> None:
     """Clone size 4 at W = 4, 8, 16, 32: n_clones = W / 4 = 1, 2, 4, 8, the hinge with W_c = 4 and slope 1/4."""
     options = {"repeats": 3, "acc_repeats": 2, "ii_points": 0, "sizes": (4,), "rescale": False, "error_inf": None}
-    _, summary, sources = measure(how, [rank_deficient(w) for w in (4, 8, 16, 32)], options, tmp_path)
+    rows, summary, sources = measure(how, [rank_deficient(w) for w in (4, 8, 16, 32)], options, tmp_path)
     for source, width in zip(sources, (4, 8, 16, 32), strict=True):
         facts = {r["metric"]: r for r in summary if r["source"] == source and r["chunk_size"] is None}
+        # the clone size is the grid size 4 itself: 1 - R^2 is that of size 4
+        r2 = [r["value"] for r in rows if (r["source"], r["split"], r["metric"]) == (source, "test", "reconstruction_r2")]
+        assert [(r["chunk_size"], r["mean"]) for r in summary if r["source"] == source and
+                r["metric"] == "residual_at_clone_size"] == [(4, pytest.approx(1 - np.mean(r2), abs=1e-12))]
         assert [facts["clone_size"][k] for k in ("mean", "lo", "hi")] == pytest.approx([4.0, 4.0, 4.0], abs=1e-12)
         assert [facts["n_clones"][k] for k in ("mean", "lo", "hi")] == pytest.approx([width / 4] * 3, abs=1e-12)
         # R^2 reaches the threshold at the only size: w_c* is at most 4, and the status says so
@@ -603,3 +650,56 @@ def test_reconstruction_of_exact_copies_at_a_large_scale(how: str, tmp_path: Pat
                 assert got == pytest.approx([want], abs=1e-6), (split, size, r, covered)
                 checked += 1
     assert checked == 2 * options["repeats"] * len(options["sizes"])
+
+
+def test_a_split_streamed_in_many_blocks_gives_the_reference_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With BLOCK_BYTES lowered the splits stream in blocks of 64 rows (train: 3 blocks, test: 2), and the Information
+    Imbalance subsample takes every test row, each block's first one among them: every row as the reference's. The
+    chunk size W - 1 leaves one neuron outside the chunk, too few for the residuals' shape (no such rows)."""
+    monkeypatch.setattr(clones_stage, "BLOCK_BYTES", 1)
+    acts = planted(16, 3, n_train=150, n_test=130)
+    sizes = [1, 4, 14, 15, 16]
+    options = {**OPTIONS, "ii_points": 130, "sizes": tuple(sizes), "error_inf": None}
+    ref = reference(acts, options, tuple(mitosis.CloneSettings().options()["diagnostics"]), sizes=sizes)
+    assert ("test", "residual_abs_skew", 14, 0) in ref.values and ("test", "residual_abs_skew", 15, 0) not in ref.values
+    rows, _, _ = measure("api", [acts], options, tmp_path)
+    got = {(r["split"], r["metric"], r["chunk_size"], r["repeat"]): r["value"] for r in rows}
+    assert len(got) == len(rows) and set(got) == set(ref.values), sorted(set(got) ^ set(ref.values))[:10]
+    for key, want in ref.values.items():
+        assert got[key] == pytest.approx(want, abs=tolerance(key[1])), key
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_network_with_one_split_is_measured_on_that_split(split: str, tmp_path: Path) -> None:
+    """A file with one split: every row on it (R^2 fitted and scored there), no probe and no train->test rows; the
+    restricted head by hand; without chunk test errors the excess-error constant is undetermined, and says why."""
+    full = planted(16, 4)
+    weight, bias = (np.asarray(a, np.float64) for a in full.head())
+    x, y = full.features(split), np.asarray(full.labels(split))
+    acts = mitosis.Activations.from_arrays(*full.head(), **{split: (x, y)}, arch="planted", dataset="toy", seed=4, epoch=3,
+                                           name=f"only-{split}")
+    options = {"repeats": 3, "acc_repeats": 3, "seed": 5, "rescale": False, "r2_threshold": 0.92, "ii_points": 0,
+               "sizes": (2, 8), "error_inf": 0.05}
+    rows, summary, _ = measure("api", [acts], options, tmp_path)
+    x64 = x.astype(np.float64)
+    want = {}
+    for size in options["sizes"]:
+        for r, chunk in enumerate(draw_chunks(16, size, 3, 5)):
+            want[("chunk_accuracy", size, r)] = chunk_accuracy(x64, y, weight, bias, chunk)
+            want[("reconstruction_r2", size, r)] = reconstruction(x64, x64, chunk)[0]
+    assert {r["split"] for r in rows} == {split}
+    assert not {r["metric"] for r in rows} & {"probe_accuracy", "probe_error"}
+    for row in rows:
+        key = (row["metric"], row["chunk_size"], row["repeat"])
+        if key in want:
+            assert row["value"] == pytest.approx(want.pop(key), abs=tolerance(row["metric"])), key
+    assert not want, "every chunk accuracy and R^2 has its row"
+    facts = {r["metric"]: r for r in summary if r["chunk_size"] is None}
+    assert facts["clone_size"]["split"] == split
+    excess = facts["excess_error_c"]
+    assert (excess["split"], excess["n"] > 0, excess["mean"] is not None) == ("test", split == "test", split == "test")
+    if split == "train":
+        assert excess["status"] == "undetermined: no chunk test errors (no test split or no trained head)"
+        assert excess["rule"].startswith("least squares of chunk_error - error_inf")
+    else:
+        assert excess["status"] == "ok"
