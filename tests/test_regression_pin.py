@@ -63,37 +63,47 @@ def _one(rows: list[dict], **where: object) -> dict:
     return found[0]
 
 
-@pytest.fixture(scope="module")
-def tables(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict], list[dict]]:
-    d: Path = tmp_path_factory.mktemp("pin")
-    a = write_planted_acts(d / "a.h5", n=240, width=32, clone_size=4, noise=0.1, classes=3, seed=0)
-    b = write_planted_acts(d / "b.h5", n=240, width=16, clone_size=4, noise=0.1, classes=3, seed=0)
-    c = write_planted_acts(d / "c.h5", n=240, width=16, clone_size=4, noise=0.1, classes=3, seed=1)
+def _planted(d: Path) -> tuple[Path, Path, Path]:
+    return (write_planted_acts(d / "a.h5", n=240, width=32, clone_size=4, noise=0.1, classes=3, seed=0),
+            write_planted_acts(d / "b.h5", n=240, width=16, clone_size=4, noise=0.1, classes=3, seed=0),
+            write_planted_acts(d / "c.h5", n=240, width=16, clone_size=4, noise=0.1, classes=3, seed=1))
+
+
+# Each test runs its own command (function-scoped fixtures): a module-scoped run would be credited by
+# mutation testing to the first test only, and the others would never judge a mutant (docs/testing.md).
+@pytest.fixture
+def clone_tables(tmp_path: Path) -> tuple[list[dict], list[dict]]:
+    a, b, _ = _planted(tmp_path)
     assert main(["clones", str(a), str(b), "--repeats", "5", "--acc-repeats", "7", "--ii-points", "100", "--seed", "3",
-                 "--error-inf", "0.05", "--rescale", "-o", str(d / "clones"), "-q", "--device", "cpu"]) == 0
-    assert main(["ensemble", str(a), str(b), str(c), "--repeats", "3", "-o", str(d / "ens.parquet"), "-q"]) == 0
-    return (read_clones(d / "clones/clones.parquet")[0].to_pylist(),
-            read_clones_summary(d / "clones/clones-summary.parquet")[0].to_pylist(),
-            read_ensemble_table(d / "ens.parquet")[0].to_pylist())
+                 "--error-inf", "0.05", "--rescale", "-o", str(tmp_path / "clones"), "-q", "--device", "cpu"]) == 0
+    return (read_clones(tmp_path / "clones/clones.parquet")[0].to_pylist(),
+            read_clones_summary(tmp_path / "clones/clones-summary.parquet")[0].to_pylist())
 
 
-def test_clones_values_are_unchanged(tables) -> None:
-    clones = tables[0]
+@pytest.fixture
+def ensemble_rows(tmp_path: Path) -> list[dict]:
+    a, b, c = _planted(tmp_path)
+    assert main(["ensemble", str(a), str(b), str(c), "--repeats", "3", "-o", str(tmp_path / "ens.parquet"), "-q"]) == 0
+    return read_ensemble_table(tmp_path / "ens.parquet")[0].to_pylist()
+
+
+def test_clones_values_are_unchanged(clone_tables) -> None:
+    clones = clone_tables[0]
     for (width, split, metric, size, repeat), value in CLONES.items():
         row = _one(clones, width=width, split=split, metric=metric, chunk_size=size, repeat=repeat)
         assert row["value"] == pytest.approx(value, rel=1e-9, abs=1e-12), (width, split, metric, size, repeat)
 
 
-def test_summary_values_are_unchanged(tables) -> None:
-    summary = tables[1]
+def test_summary_values_are_unchanged(clone_tables) -> None:
+    summary = clone_tables[1]
     for (width, metric), (mean, lo, hi) in SUMMARY.items():
         row = _one(summary, width=width, metric=metric)
         for got, want in ((row["mean"], mean), (row["lo"], lo), (row["hi"], hi)):
             assert (got is None) == (want is None) and (want is None or got == pytest.approx(want, rel=1e-9)), (width, metric)
 
 
-def test_ensemble_values_are_unchanged(tables) -> None:
-    ensemble = tables[2]
+def test_ensemble_values_are_unchanged(ensemble_rows) -> None:
+    ensemble = ensemble_rows
     for (kind, width, members, repeat, split, metric), value in ENSEMBLE.items():
         row = _one(ensemble, kind=kind, width=width, members=members, repeat=repeat, split=split, metric=metric)
         assert row["value"] == pytest.approx(value, rel=1e-9, abs=1e-12), (kind, width, members, split, metric)
