@@ -25,6 +25,7 @@ coefficients of the m outside neurons only: those of the chunk's own are I - alp
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ _GATHER_FROM = 1 / 16  # chunks of at least this fraction of W work on the gathe
 def _pool() -> ThreadPoolExecutor:
     """Two worker threads for the small chunks' residual blocks (torch releases the GIL in its ops)."""
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="mitosis-blocks")
+
+
+# a forked child inherits the cached pool without its threads: work submitted there would wait forever
+os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 @dataclass(frozen=True)

@@ -286,7 +286,7 @@ class ResidualShape:
         self.n = 0
 
     def update(self, block: np.ndarray | torch.Tensor) -> None:
-        """Add a (n, W) block of the rows the moments were computed on."""
+        """Add a (n, W) block of the rows the moments were computed on (or of held-out rows: the moments are central)."""
         x = torch.as_tensor(block).to(self._device, torch.float64)
         self.n += int(x.shape[0])
         for i, (idx, tgt, coef, intercept) in enumerate(self._fits):
