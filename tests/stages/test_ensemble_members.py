@@ -90,3 +90,22 @@ def test_noise_input_controls_are_refused(tmp_path: Path) -> None:
         h5.attrs["inputs"] = "gaussian-noise"
     with pytest.raises(InputError, match="gaussian-noise"):
         load_members(paths)
+
+
+def test_the_first_differing_label_is_named(tmp_path: Path) -> None:
+    paths = toy_members(tmp_path)
+    with h5py.File(paths[1], "r+") as h5:
+        h5["test/labels"][3] = (h5["test/labels"][3] + 1) % 3
+    with pytest.raises(InputError, match="first at sample 3"):
+        load_members(paths)
+
+
+def test_members_of_another_data_set_are_refused(tmp_path: Path) -> None:
+    paths = toy_members(tmp_path, count=2)
+    with h5py.File(paths[0]) as h5:
+        logits = {s: h5[f"{s}/logits"][...] for s in ("train", "test")}
+        labels = {s: h5[f"{s}/labels"][...] for s in ("train", "test")}
+    other = write_member(tmp_path / "other.h5", logits, labels, seed=7, dataset="other")
+    with pytest.raises(InputError, match=r"the data set is 'other' but .* has 'toy'") as err:
+        load_members([*paths, other])
+    assert str(err.value).startswith(str(other))
