@@ -66,7 +66,7 @@ def evaluate_claims(summary: Sequence[Mapping[str, Any]], ensemble: Sequence[Map
     sizes = clone_sizes(summary)
     crit = critical_width(summary)
     above = {w: c for w, c in sizes.items() if crit is None or w > crit}
-    claims = [_claim_constant(above, crit), _claim_linear(above, crit)]
+    claims = [_claim_constant(above, crit), _claim_linear(above)]
     claims += [_claim_chunks(summary, ensemble, sizes), _claim_ensemble(ensemble, sizes)]
     return claims
 
@@ -82,7 +82,7 @@ def _claim_constant(above: dict[int, float], crit: float | None) -> Claim:
                  {"clone_size": above, "ratio": hi / lo, "critical_width": crit})
 
 
-def _claim_linear(above: dict[int, float], crit: float | None) -> Claim:
+def _claim_linear(above: dict[int, float]) -> Claim:
     statement = "the number of clones grows linearly with the width above the critical width"
     if len(above) < 3:
         return Claim("b", statement, None, "fewer than three widths above the critical width")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
@@ -90,3 +91,42 @@ def test_noise_input_controls_are_refused(tmp_path: Path) -> None:
         h5.attrs["inputs"] = "gaussian-noise"
     with pytest.raises(InputError, match="gaussian-noise"):
         load_members(paths)
+
+
+def test_the_first_differing_label_is_named(tmp_path: Path) -> None:
+    paths = toy_members(tmp_path)
+    with h5py.File(paths[1], "r+") as h5:
+        h5["test/labels"][3] = (h5["test/labels"][3] + 1) % 3
+    with pytest.raises(InputError, match=re.escape(f"test labels differ from {paths[0]} (first at sample 3)")):
+        load_members(paths)
+
+
+def test_members_of_another_data_set_are_refused(tmp_path: Path) -> None:
+    paths = toy_members(tmp_path, count=2)
+    with h5py.File(paths[0]) as h5:
+        logits = {s: h5[f"{s}/logits"][...] for s in ("train", "test")}
+        labels = {s: h5[f"{s}/labels"][...] for s in ("train", "test")}
+    other = write_member(tmp_path / "other.h5", logits, labels, seed=7, dataset="other")
+    with pytest.raises(InputError) as err:
+        load_members([*paths, other])
+    assert str(err.value).startswith(f"{other}: the data set is 'other' but {paths[0]} has 'toy'; ")
+
+
+def test_a_different_class_count_or_set_of_splits_is_named(tmp_path: Path) -> None:
+    paths = toy_members(tmp_path, count=2)
+    rng = np.random.default_rng(5)
+    four = write_member(tmp_path / "four.h5", {s: rng.standard_normal((6, 4)) for s in ("train", "test")},
+                        {s: rng.integers(0, 4, 6) for s in ("train", "test")}, seed=7)
+    with pytest.raises(InputError) as err:
+        load_members([*paths, four])
+    assert str(err.value).startswith(f"{four}: the number of classes is 4 but {paths[0]} has 3; ")
+    test_only = toy_members(tmp_path, count=3, splits=("test",), prefix="t")[2]
+    with pytest.raises(InputError) as err:
+        load_members([*paths, test_only])
+    assert str(err.value).startswith(f"{test_only}: the set of splits is ['test'] but {paths[0]} has ['test', 'train']; ")
+
+
+def test_a_network_given_twice_names_where_it_was_first(tmp_path: Path) -> None:
+    paths = toy_members(tmp_path, count=2)
+    with pytest.raises(InputError, match=re.escape(f"was already given by {paths[1]};")):
+        load_members([paths[0], paths[1], paths[1]])

@@ -25,7 +25,9 @@ import scipy.stats
 
 import mitosis_cli as mitosis
 from mitosis_cli.cli.app import main
-from mitosis_cli.io.ensemble_tables import read_ensemble_table
+from mitosis_cli.io.ensemble_tables import EnsembleRows, read_ensemble_table
+from mitosis_cli.stages.base import Progress
+from mitosis_cli.stages.ensemble import summarise_ensemble
 
 SEEDS = {4: (7, 3, 9, 5), 8: (11, 2)}  # width -> seeds, in the order the files are given
 CLASSES, N = 3, {"train": 40, "test": 30}
@@ -190,3 +192,215 @@ def test_every_row_matches_the_hand_computation(how: str, combine: str, nets, tm
     # the train and test rows come from different data: a split mix-up cannot pass unnoticed
     assert any(not math.isclose(got[k], got[(*k[:4], "train", k[5])], abs_tol=1e-3)
                for k in got if k[4] == "test" and (*k[:4], "train", k[5]) in got)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the summary of a hand-built table, and what measure_ensemble notes and reports along the way
+
+
+def _planted_table(with_test: bool = True) -> EnsembleRows:
+    """Widths 2, 4 and 8 (the widest). Every row has a test error e (accuracy 1 - e) and a train error e / 2, and
+    the values differ between kinds, widths and member counts, so reading the wrong rows changes a number. (The
+    table need not be one a pool could produce: same-params has 3 members at two widths so that a reading that
+    forgets the width mixes them, and rows at widths 1 and 3 that no pool has.) The error-inf row comes last, after
+    other test errors."""
+    rows = EnsembleRows()
+
+    def add(kind: str, width: int, members: int, errors: list[float]) -> None:
+        for repeat, e in enumerate(errors):
+            for split, value in (("test", e), ("train", e / 2)):
+                if split == "test" and not with_test:
+                    continue
+                rows.add(kind, width, members, repeat, split,
+                         {"error": value, "accuracy": 1.0 - value, "cross_entropy": 3.0 * value})
+
+    for width, errors in {2: [0.40, 0.36, 0.32, 0.28], 4: [0.25, 0.20, 0.15, 0.20], 8: [0.12, 0.10]}.items():
+        add("wide", width, 1, errors)
+        if width < 8:  # no ensembles of the widest width
+            add("ensemble", width, 1, errors)
+    add("ensemble", 2, 2, [0.30, 0.26])
+    add("ensemble", 4, 2, [0.14, 0.16, 0.18])
+    add("ensemble", 4, 3, [0.13])
+    add("same-total-width", 2, 4, [0.22])
+    add("same-total-width", 4, 2, [0.15, 0.19])
+    add("same-params", 1, 8, [0.05])
+    add("same-params", 2, 3, [0.24])
+    add("same-params", 3, 2, [0.07])  # two member counts of one kind and width, and a width with no other rows
+    add("same-params", 3, 4, [0.08])
+    add("same-params", 4, 3, [0.125])
+    add("chunk-average", 1, 1, [0.60, 0.62])
+    add("chunk-average", 1, 8, [0.45])
+    add("chunk-average", 2, 1, [0.50, 0.46])
+    add("chunk-average", 2, 2, [0.40])
+    add("chunk-average", 2, 4, [0.35])
+    add("chunk-average", 4, 1, [0.30, 0.26])
+    add("chunk-average", 4, 2, [0.21])
+    for width, pool, (loss, bias, variance) in [(2, 4, (0.9, 0.6, 0.3)), (4, 4, (0.7, 0.5, 0.2)), (8, 2, (0.5, 0.4, 0.1))]:
+        for split, scale in (("test", 1.0), ("train", 0.5)) if with_test else (("train", 0.5),):
+            rows.add("bias-variance", width, pool, 0, split, {"loss": scale * loss, "bias": scale * bias,
+                                                                "variance": scale * variance})
+    if with_test:
+        rows.add("error-inf", 8, 2, 0, "test", {"error": 0.09})
+    return rows
+
+
+def _planted_summary(scale: float) -> dict[str, Any]:
+    """The summary of `_planted_table`, by hand, without error_inf; errors times `scale` (1 test, 1/2 train)."""
+    def width(networks: int, single: float, members: int, ensemble: float | None, bv: tuple[float, float, float]) -> dict:
+        return {"networks": networks, "single_error": scale * single, "ensemble_members": members,
+                "ensemble_error": None if ensemble is None else scale * ensemble,
+                **{name: scale * v for name, v in zip(("loss", "bias", "variance"), bv, strict=True)}}
+
+    def comparison(kind: str, width: int, members: int, error: float) -> dict:
+        return {"kind": kind, "width": width, "members": members, "error": scale * error, "wide_width": 8,
+                "wide_error": scale * 0.11}
+
+    return {
+        "widths": {"2": width(4, 0.34, 2, 0.28, (0.9, 0.6, 0.3)), "4": width(4, 0.20, 3, 0.13, (0.7, 0.5, 0.2)),
+                   "8": width(2, 0.11, 1, None, (0.5, 0.4, 0.1))},  # no ensemble rows of width 8
+        "comparisons": [comparison("same-total-width", 2, 4, 0.22), comparison("same-total-width", 4, 2, 0.17),
+                        comparison("same-params", 1, 8, 0.05), comparison("same-params", 2, 3, 0.24),
+                        comparison("same-params", 3, 2, 0.07), comparison("same-params", 3, 4, 0.08),
+                        comparison("same-params", 4, 3, 0.125)],
+        # networks with the chunks' total width: of the first kind that has them, in the order ensemble,
+        # same-total-width, same-params (chunks of 1: same-params; of 2: same-total-width; of 4: ensemble)
+        "internal": [{"chunk_size": 1, "chunks": 8, "one_chunk_error": scale * 0.61, "error": scale * 0.45,
+                      "networks_error": scale * 0.05},
+                     {"chunk_size": 2, "chunks": 4, "one_chunk_error": scale * 0.48, "error": scale * 0.35,
+                      "networks_error": scale * 0.22},
+                     {"chunk_size": 4, "chunks": 2, "one_chunk_error": scale * 0.28, "error": scale * 0.21,
+                      "networks_error": scale * 0.16}],
+    }
+
+
+def _assert_same(got: Any, want: Any, where: str = "summary") -> None:
+    """Equal structure and values, floats to 1e-12."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want), (where, list(got), list(want))
+        for key in want:
+            _assert_same(got[key], want[key], f"{where}[{key!r}]")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _assert_same(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=1e-12), where
+    else:
+        assert type(got) is type(want) and got == want, (where, got, want)
+
+
+def test_the_summary_of_a_planted_table() -> None:
+    got = summarise_ensemble(_planted_table().to_table())
+    want = {"split": "test", "error_inf": 0.09, "error_inf_width": 8, "error_inf_members": 2,
+            "error_inf_status": "rough: an ensemble of only 2 networks of width 8", **_planted_summary(1.0)}
+    _assert_same(got, want)
+    # without a test split it reads the train rows, and has no error_inf
+    got = summarise_ensemble(_planted_table(with_test=False).to_table())
+    want = {"split": "train", "error_inf": None, "error_inf_width": None, "error_inf_members": 0,
+            "error_inf_status": "undetermined: no test split, or no error-inf row in the table", **_planted_summary(0.5)}
+    _assert_same(got, want)
+
+
+@pytest.mark.parametrize("members, status", [
+    (1, "undetermined: a single network of width 16, not an ensemble (train more seeds of the widest width)"),
+    (3, "rough: an ensemble of only 3 networks of width 16"),
+    (4, "ok"),
+])
+def test_error_inf_status_by_the_networks_it_rests_on(members: int, status: str) -> None:
+    rows = EnsembleRows()
+    rows.add("error-inf", 16, members, 0, "test", {"error": 0.0625})
+    want = {"split": "test", "error_inf": 0.0625, "error_inf_width": 16, "error_inf_members": members,
+            "error_inf_status": status, "widths": {}, "comparisons": [], "internal": []}
+    _assert_same(summarise_ensemble(rows.to_table()), want)
+
+
+def test_the_summary_of_an_empty_table() -> None:
+    _assert_same(summarise_ensemble(EnsembleRows().to_table()),
+                 {"split": "train", "error_inf": None, "error_inf_width": None, "error_inf_members": 0,
+                  "error_inf_status": "undetermined: no test split, or no error-inf row in the table",
+                  "widths": {}, "comparisons": [], "internal": []})
+
+
+def _net(width: int, seed: int, splits: dict[str, tuple[np.ndarray, np.ndarray]], config: dict[str, Any]) -> Any:
+    """A member whose logits are the first three features (head [I 0], no bias)."""
+    head = np.hstack([np.eye(CLASSES), np.zeros((CLASSES, width - CLASSES))])
+    return mitosis.Activations.from_arrays(head, np.zeros(CLASSES), **splits, dataset="toy", seed=seed, config=config,
+                                           name=f"w{width}-s{seed}")
+
+
+def _mlp_config(width: int, **more: Any) -> dict[str, Any]:
+    return {"dataset": f"synthetic:d={INPUT_DIM},classes={CLASSES}", "arch": "mlp", "width": width, "depth": 2, **more}
+
+
+def test_notes_and_progress_of_what_was_skipped() -> None:
+    """No test split, sizes above the pools, a width that does not divide the widest, one that divides it with too
+    few networks, and parameter counts known for the widest networks only."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, CLASSES, 5)
+    nets = [_net(w, s, {"train": (rng.standard_normal((5, w)), labels)}, _mlp_config(w) if w == 12 else {})
+            for w in (4, 5, 12) for s in (0, 1)]
+    steps: list[Progress] = []
+    settings = mitosis.EnsembleSettings(members=(3,), repeats=1, chunk_sizes=(4,))
+    measured = mitosis.measure_ensemble(nets, settings, on_step=steps.append)
+    assert measured.notes == [
+        "same-params skipped: parameter counts unknown (no arch/width/depth/dataset in the files' config); "
+        "give --params-per-width",
+        "width 4: pool of 2 networks; sizes above 2 skipped",
+        "same-total-width: width 4 needs 3 networks, the pool has 2; skipped",
+        "width 5: pool of 2 networks; sizes above 2 skipped",
+        "same-total-width: width 5 does not divide the widest width 12; skipped",
+        "width 12: pool of 2 networks; sizes above 2 skipped",
+        "error-inf not written: the inputs have no test split",
+    ]
+    kinds = {(r["kind"], r["width"]) for r in measured.table.to_pylist()}
+    assert kinds == {(kind, w) for kind in ("wide", "bias-variance") for w in (4, 5, 12)} | {("chunk-average", 4)}
+    # one step per width, then one per network of the widest width
+    assert [(p.task, p.done, p.total) for p in steps] == [("ensemble", k, 5) for k in (1, 2, 3, 4, 5)]
+
+
+@pytest.mark.parametrize("params_per_width, ending, same_params, members", [
+    (None, None, 3, 2),  # counted from the configs, an MLP's default ending (relu): round(P(8) / P(4)) = round(139 / 55)
+    (None, "batchnorm", 2, 2),  # with BatchNorm: round(155 / 63)
+    (1.0, None, 2, 1),  # 1 x W parameters: round(8 / 4); no --members size is a comparison's size
+])
+def test_same_params_and_error_inf_of_the_chosen_combine(params_per_width: float | None, ending: str | None,
+                                                         same_params: int, members: int) -> None:
+    # the two widest networks disagree on sample 0 (label 0): summing logits says class 1, averaging probabilities
+    # says class 0 (0.45 against 0.39); both are right on sample 1
+    planted = [np.array([[3.0, 0.0, 0.0], [0.0, 0.0, 4.0]]), np.array([[-20.0, 1.0, 0.0], [0.0, 0.0, 5.0]])]
+    labels = np.array([0, 2])
+    assert [ensemble_log_probs(planted, c).argmax(1).tolist() for c in ("logits", "probs")] == [[1, 2], [0, 2]]
+    rng = np.random.default_rng(2)
+    nets = []
+    for width, seeds in ((4, (0, 1, 2)), (8, (0, 1))):
+        config = _mlp_config(width, **({"ending": ending} if ending else {}))
+        for seed in seeds:
+            features = rng.standard_normal((2, width))
+            if width == 8:
+                features[:, :CLASSES] = planted[seed]
+            nets.append(_net(width, seed, {"test": (features, labels)}, config))
+    settings = mitosis.EnsembleSettings(members=(members,), repeats=1, combine="probs", chunk_sizes=(4,),
+                                        params_per_width=params_per_width)
+    measured = mitosis.measure_ensemble(nets, settings)
+    assert measured.notes == []  # two networks of width 8 are enough for ensembles of two
+    rows = measured.table.to_pylist()
+    assert {(r["kind"], r["width"], r["members"]) for r in rows if r["kind"] not in ("wide", "chunk-average")} == {
+        ("ensemble", 4, members), ("ensemble", 8, members), ("same-total-width", 4, 2), ("same-params", 4, same_params),
+        ("bias-variance", 4, 3), ("bias-variance", 8, 2), ("error-inf", 8, 2)}
+    error_inf = [r for r in rows if r["kind"] == "error-inf"]
+    assert [(r["width"], r["members"], r["split"], r["metric"]) for r in error_inf] == [(8, 2, "test", "error")]
+    assert error_inf[0]["value"] == metrics(ensemble_log_probs(planted, "probs"), labels)["error"] == 0.0
+
+
+def test_the_draws_follow_the_seed() -> None:
+    """Ensembles of 2 of 6 networks, 3 of the 15 subsets drawn: the same seed draws the same, another seed not."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, CLASSES, 8)
+    nets = [_net(3, s, {"test": (rng.standard_normal((8, 3)), labels)}, {}) for s in range(6)]
+
+    def ensembles(seed: int) -> list[dict]:
+        settings = mitosis.EnsembleSettings(members=(2,), repeats=3, seed=seed, chunk_sizes=(1,))
+        return [r for r in mitosis.measure_ensemble(nets, settings).table.to_pylist() if r["kind"] == "ensemble"]
+
+    first = ensembles(0)
+    assert len(first) == 3 * 3 and first == ensembles(0) and first != ensembles(1)
