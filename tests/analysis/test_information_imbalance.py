@@ -263,6 +263,21 @@ def test_two_far_clusters_defeat_float32_and_float64_keys() -> None:
         assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], 2), abs=1e-12)
 
 
+def test_a_single_near_tie_in_a_float64_band_is_rechecked() -> None:
+    # Two clusters at +-2^26 (no centring: the mean is 0), so float64 keys err by a few units; points
+    # 1000 apart, each with a twin 2^-20 further out. Around a point, the twin and its base differ in D
+    # by ~0.01, far below that error and far from every other key: each band holds one other key, which
+    # only D can order (rank of the twin = rank of its base + 1). Sorted rows (Q > 32) and the
+    # comparison loop (Q <= 32) both.
+    rng = np.random.default_rng(35)
+    base = np.concatenate([2.0**26 + 1000.0 * np.arange(20), -(2.0**26) - 1000.0 * np.arange(20)])
+    x = np.concatenate([base, base + np.sign(base) * 2.0**-20])[:, None]
+    n = len(x)
+    for q in (n - 1, 32):
+        others = np.array([rng.permutation(np.delete(np.arange(n), i))[:q] for i in range(n)])
+        np.testing.assert_array_equal(neighbour_ranks(x, others, block_rows=16), _ref_ranks(x, others))
+
+
 @pytest.mark.parametrize("scale", [2.0**-100, 2.0**100])
 def test_values_that_would_underflow_or_overflow_float32(scale: float) -> None:
     # Powers of two keep the ties of the few-valued points exact in float64.
