@@ -273,7 +273,8 @@ class _Pass:
         self.mask = torch.zeros(self.b, -(-n // _PAD) * _PAD, dtype=torch.bool, device=x.device)
         self.mask2 = torch.zeros_like(self.mask) if 0 < self.n_queries <= _SORT_ABOVE else None
         self.key = torch.empty(self.b, n, dtype=dtype, device=x.device)
-        self.scratch = torch.empty(self.b, self.space.tile, device=x.device) if self.slab < d else None
+        # The slab product's buffer is made like the keys (dtype and device), whatever torch's defaults are.
+        self.scratch = self.key.new_empty(self.b, self.space.tile) if self.slab < d else None
         self.margin = self.space.margin(self.slab)
 
     def _narrower(self) -> None:
@@ -281,7 +282,7 @@ class _Pass:
         d = self.space.d
         if self.space.dtype == torch.float32 and self.slab == d and d > 2 * _SLAB:
             self.slab = _SLAB
-            self.scratch = torch.empty(self.b, self.space.tile, device=self.x.device)
+            self.scratch = self.key.new_empty(self.b, self.space.tile)
             self.margin = self.space.margin(self.slab)
             return
         self.key = self.scratch = None  # free the float32 buffers before the float64 ones exist
@@ -394,8 +395,7 @@ class _Pass:
                 t = space.distances(start + rows, j)
                 ranks[rows, c] += torch.bincount(it[d < t[it]], minlength=rows.numel())
             return ranks
-        if limit is not None and float(band.sum() + (band > 0).sum()) > limit:
-            raise _TooWide
+        # Sorting passes are float64 from the start (limit None): their bands are resolved whatever their size.
         ranks = below + 1
         r, c = torch.nonzero(band > 0, as_tuple=True)
         if r.numel():

@@ -187,6 +187,18 @@ def test_chunk_with_planted_clones() -> None:
     assert n_to > 0.3 and n_from < n_to
 
 
+def test_chunks_without_a_copy_of_their_columns() -> None:
+    # A budget too small to keep each chunk's columns apart: the exact distances select the chunk's
+    # columns from the full points, pair by pair, and must still be the chunk's own distances.
+    rng = np.random.default_rng(15)
+    x = _with_ties(rng, 40, 6)
+    chunks = [np.array([4, 1]), np.array([0, 2, 5])]
+    got = chunk_information_imbalances(x, chunks, k=2, memory_budget=1024)
+    for (to_full, from_full), chunk in zip(got, chunks, strict=True):
+        assert to_full == pytest.approx(_ref_imbalance(x[:, chunk], x, 2), abs=1e-12)
+        assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], 2), abs=1e-12)
+
+
 def test_no_chunks() -> None:
     assert chunk_information_imbalances(np.zeros((5, 3)), []).shape == (0, 2)
 
@@ -249,6 +261,21 @@ def test_two_far_clusters_defeat_float32_and_float64_keys() -> None:
     for (to_full, from_full), chunk in zip(got, chunks, strict=True):
         assert to_full == pytest.approx(_ref_imbalance(x[:, chunk], x, 2), abs=1e-12)
         assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], 2), abs=1e-12)
+
+
+def test_a_single_near_tie_in_a_float64_band_is_rechecked() -> None:
+    # Two clusters at +-2^26 (no centring: the mean is 0), so float64 keys err by a few units; points
+    # 1000 apart, each with a twin 2^-20 further out. Around a point, the twin and its base differ in D
+    # by ~0.01, far below that error and far from every other key: each band holds one other key, which
+    # only D can order (rank of the twin = rank of its base + 1). Sorted rows (Q > 32) and the
+    # comparison loop (Q <= 32) both.
+    rng = np.random.default_rng(35)
+    base = np.concatenate([2.0**26 + 1000.0 * np.arange(20), -(2.0**26) - 1000.0 * np.arange(20)])
+    x = np.concatenate([base, base + np.sign(base) * 2.0**-20])[:, None]
+    n = len(x)
+    for q in (n - 1, 32):
+        others = np.array([rng.permutation(np.delete(np.arange(n), i))[:q] for i in range(n)])
+        np.testing.assert_array_equal(neighbour_ranks(x, others, block_rows=16), _ref_ranks(x, others))
 
 
 @pytest.mark.parametrize("scale", [2.0**-100, 2.0**100])
@@ -341,6 +368,54 @@ def test_bad_input_raises() -> None:
         neighbour_ranks(x, np.arange(10)[:, None])
     with pytest.raises(ValueError, match="block_rows"):
         nearest_neighbours(x, block_rows=0)
+    # The message names the argument at fault.
+    with pytest.raises(ValueError, match=r"^x must be a 2-D"):
+        nearest_neighbours(np.zeros(10))
+    with pytest.raises(ValueError, match=r"^x_a must be a 2-D"):
+        information_imbalance(np.zeros(10), x)
+    with pytest.raises(ValueError, match=r"^x_full holds NaN"):
+        chunk_information_imbalances(np.full((10, 2), np.inf), [np.array([0])])
+    # Neighbours must be integers, one row per point (here valid indices otherwise).
+    others = (np.arange(10)[:, None] + 1) % 10
+    with pytest.raises(ValueError, match="integer array of shape"):
+        neighbour_ranks(x, others.astype(np.float64))
+    with pytest.raises(ValueError, match="integer array of shape"):
+        neighbour_ranks(x, others[:5])
+
+
+@pytest.fixture
+def foreign_torch_defaults():
+    """torch's default device set to "meta" (tensors without storage) and its default dtype to float64."""
+    device, dtype = torch.get_default_device(), torch.get_default_dtype()
+    torch.set_default_device("meta")
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_device(device)
+        torch.set_default_dtype(dtype)
+
+
+@pytest.mark.usefixtures("foreign_torch_defaults")
+@pytest.mark.filterwarnings("error")
+def test_every_buffer_follows_the_input_not_torchs_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every buffer must live on the input's device with the dtype the pass chose: a buffer left to
+    # torch's defaults lands on "meta" (or, on a GPU run, on the wrong device) and the pass fails.
+    # A float64 default dtype is common in scientific code: the slab product's buffer once took it.
+    # Slabs of 4 features and a huge pair cost: every float32 pass goes to slabs, then to float64.
+    # No warning either (an out= buffer of the wrong shape, resized by torch, warns).
+    monkeypatch.setattr(br, "_SLAB", 4)
+    monkeypatch.setattr(br, "_PAIR_COST", 1e9)
+    rng = np.random.default_rng(16)
+    x = _with_ties(rng, 40, 12)
+    _check_against_reference(x, 2, rng, block_rows=7)
+    chunks = [np.array([3, 7]), np.arange(12)]
+    got = chunk_information_imbalances(x, chunks, k=2, block_rows=9)
+    for (to_full, from_full), chunk in zip(got, chunks, strict=True):
+        assert to_full == pytest.approx(_ref_imbalance(x[:, chunk], x, 2), abs=1e-12)
+        assert from_full == pytest.approx(_ref_imbalance(x, x[:, chunk], 2), abs=1e-12)
+    monkeypatch.setattr(br, "_PAIR_COST", 1e-9)  # float32 slab passes kept to the end
+    _check_against_reference(x, 3, rng, block_rows=7)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
