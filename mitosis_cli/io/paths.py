@@ -26,18 +26,23 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "a regular file")
 
 
+def _mode_of(path: Path, named: str, kind: str) -> int:
+    """The `os.stat` mode of an input (links followed); one line starting with `named` when it cannot be had."""
+    try:
+        return os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"{named}: no such {kind}") from None
+    except OSError as err:
+        raise InputError(f"{named}: cannot read it ({err.strerror or err})") from None
+
+
 def input_file(path: str | os.PathLike[str], what: str = "a file") -> Path:
     """`path` when it is a readable regular file (symbolic links followed), else one line naming it.
 
     `what` names the expected file in the message ("an activation file (.h5)").
     """
     path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        raise InputError(f"{path}: no such file") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read it ({err.strerror or err})") from None
+    mode = _mode_of(path, f"{path}", "file")
     if stat.S_ISDIR(mode):
         raise InputError(f"{path}: is a directory, expected {what}")
     if not stat.S_ISREG(mode):
@@ -50,12 +55,7 @@ def input_file(path: str | os.PathLike[str], what: str = "a file") -> Path:
 def input_folder(path: str | os.PathLike[str], option: str) -> Path:
     """`path` when it is a folder that can be listed (symbolic links followed), else one line naming it."""
     path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        raise InputError(f"{option} {path}: no such folder") from None
-    except OSError as err:
-        raise InputError(f"{option} {path}: cannot read it ({err.strerror or err})") from None
+    mode = _mode_of(path, f"{option} {path}", "folder")
     if not stat.S_ISDIR(mode):
         raise InputError(f"{option} {path}: is {kind_of(mode)}, not a folder")
     if not os.access(path, os.R_OK | os.X_OK):
