@@ -33,6 +33,16 @@ def _reference(x: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
     return lam[: c - 1].sum() / lam.sum(), lam.sum() ** 2 / (lam**2).sum(), np.trace(within @ np.linalg.pinv(between)) / c
 
 
+def _assert_matches_the_definitions(x: np.ndarray, labels: np.ndarray, one_hot_classes: int, present: int) -> None:
+    """The diagnostics from the moments (labels one-hot over `one_hot_classes`) equal `_reference` on the raw
+    features, with `present` classes counted."""
+    got = _diagnostics(x, labels, one_hot_classes)
+    share, participation, nc1 = _reference(x, labels)
+    assert got.classes == present
+    assert got.top_share == pytest.approx(share, rel=1e-9)
+    assert got.participation_ratio == pytest.approx(participation, rel=1e-9)
+    assert got.nc1 == pytest.approx(nc1, rel=1e-6)
+
 @pytest.mark.parametrize("noise", [1e-4, 0.5])
 @pytest.mark.parametrize("width", [40, 200])  # the full spectrum, and Lanczos for the leading eigenvalues
 def test_diagnostics_match_the_definitions(noise: float, width: int) -> None:
@@ -40,12 +50,7 @@ def test_diagnostics_match_the_definitions(noise: float, width: int) -> None:
     labels = rng.integers(0, 6, 800)
     labels[labels == 5] = 4  # a class that never occurs: C counts the classes present
     x = 3 * rng.standard_normal((6, width))[labels] + noise * rng.standard_normal((800, width)) + 2.0
-    got = _diagnostics(x, labels, 6)
-    share, participation, nc1 = _reference(x, labels)
-    assert got.classes == 5
-    assert got.top_share == pytest.approx(share, rel=1e-9)
-    assert got.participation_ratio == pytest.approx(participation, rel=1e-9)
-    assert got.nc1 == pytest.approx(nc1, rel=1e-6)
+    _assert_matches_the_definitions(x, labels, one_hot_classes=6, present=5)
 
 
 def test_a_16_dimensional_latent_has_16_dimensions_and_is_not_collapsed() -> None:
@@ -109,12 +114,7 @@ def test_small_scale_features_and_a_class_of_one_sample() -> None:
     labels[labels == 3] = 2
     labels[17] = 3  # one sample of class 3
     x = 1e-3 * (rng.standard_normal((5, 12))[labels] + 0.3 * rng.standard_normal((60, 12)))
-    got = _diagnostics(x, labels, 5)
-    share, participation, nc1 = _reference(x, labels)
-    assert got.classes == 4
-    assert got.top_share == pytest.approx(share, rel=1e-9)
-    assert got.participation_ratio == pytest.approx(participation, rel=1e-9)
-    assert got.nc1 == pytest.approx(nc1, rel=1e-6)
+    _assert_matches_the_definitions(x, labels, one_hot_classes=5, present=4)
 
 
 def test_one_class_or_none_leaves_nc1_undefined() -> None:

@@ -95,10 +95,16 @@ def _copy_run(made: dict[str, Path], where: Path) -> Path:
 # ------------------------------------------------------------------------- --force keeps the old result
 
 
-def _fail_at_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, action: Callable[[], None]) -> None:
-    """Run `action` when the loop writes the history of `epoch` (after that epoch's evaluation)."""
-    import mitosis_cli.training.loop as loop
+BATCHED = "mitosis_cli.training.batched"  # the loop of seeds trained together (train --seeds)
 
+
+def _fail_at_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, action: Callable[[], None],
+                   loop_module: str = "mitosis_cli.training.loop") -> None:
+    """Run `action` when a training loop (`loop_module`: one seed, or `training.batched` for seeds trained
+    together) writes the history of `epoch`, after that epoch's evaluation."""
+    import importlib
+
+    loop = importlib.import_module(loop_module)
     real = loop._write_history
 
     def write_history(run_dir: Path, cfg: object, history: list[dict[str, float]], *args: object) -> None:
@@ -188,28 +194,14 @@ def _copy_seed_runs(made: dict[str, Path], where: Path) -> Path:
     return where / "runs"
 
 
-def _fail_at_seeds_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, action: Callable[[], None]) -> None:
-    """Run `action` when the seeds trained together write their histories of `epoch`."""
-    import mitosis_cli.training.batched as batched
-
-    real = batched._write_history
-
-    def write_history(run_dir: Path, cfg: object, history: list[dict[str, float]], *args: object) -> None:
-        if len(history) == epoch:
-            action()
-        real(run_dir, cfg, history, *args)
-
-    monkeypatch.setattr(batched, "_write_history", write_history)
-
-
 SEEDS_FORCE_FAILURES: list[tuple[str, list[str], int, str, Callable[[pytest.MonkeyPatch], None] | None]] = [
     ("a data set that does not exist", ["--dataset", "no-such-set"], 2, "no-such-set", None),
     ("a seed beyond 64 bits", ["--seeds", f"0,{1 << 64}"], 2, "--seeds", None),
     ("an error in the middle of training", [], 1, "RuntimeError",
-     lambda mp: _fail_at_seeds_epoch(mp, 2, _raise(RuntimeError("simulated failure")))),
+     lambda mp: _fail_at_epoch(mp, 2, _raise(RuntimeError("simulated failure")), BATCHED)),
     ("a full disk at a later checkpoint", [], 1, "runs-s0/checkpoint.pt: No space left on device", lambda mp: _fail_save(mp, 3)),
     ("SIGTERM during training", [], 75, "still hold the previous run",
-     lambda mp: _fail_at_seeds_epoch(mp, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))),
+     lambda mp: _fail_at_epoch(mp, 2, lambda: os.kill(os.getpid(), signal.SIGTERM), BATCHED)),
 ]
 
 
